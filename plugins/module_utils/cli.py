@@ -1,0 +1,153 @@
+"""Command-line front end of run.sh: parses the operator's command and hands it to the step engine."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+from ansible_collections.airgap.kubernetes.plugins.module_utils import steps
+
+REPO = Path(__file__).resolve().parents[2]
+
+COMMANDS = {
+    "deploy-cluster": "deploy the cluster: layers 00-ssh .. 05-apps, resuming where the last run stopped",
+    "add-node": "add NODES (already in the inventory) to the cluster; nothing else is touched",
+    "remove-node": "drain and remove NODES from the cluster",
+    "remove-cluster": "remove the cluster from every host, then clear the step file",
+    "upgrade": "upgrade the cluster to the inventory's kube_version",
+    "steps": "show which steps are done, when, and how long each took",
+    "list-artifacts": "list every file, image and package the inventory's config needs",
+    "demo": "set up this machine, start lab nodes and deploy a demo cluster on them",
+    "test": "run the whole test suite (lint, unit, lab, molecule, end to end), as CI does",
+}
+
+DEMO_LAB = "demo"
+
+
+def _tool(name: str) -> str:
+    """Prefers the tool installed next to this Python (the venv), so run.sh works without activation."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    width = max(len(c) for c in COMMANDS)
+    epilog = "commands:\n" + "\n".join(f"  {c:<{width}}  {h}" for c, h in COMMANDS.items())
+    epilog += ("\n\nThe inventory comes from -i, else $AIRGAP_INVENTORY, else inventory/local/hosts.yml."
+               "\nSteps, logs and the lock live in .airgap/ next to the inventory.")
+    parser = argparse.ArgumentParser(prog="run.sh", description="Deploy and operate an air-gapped Kubernetes cluster.",
+                                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
+    parser.add_argument("nodes", nargs="*", help="node names, for add-node and remove-node")
+    parser.add_argument("-i", "--inventory", help="inventory file or directory")
+    parser.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS",
+                        help="extra vars, as for ansible-playbook (KEY=VALUE or @file); part of the fingerprint")
+    parser.add_argument("--bundle", help="unpacked bundle directory; its manifest.json is part of the fingerprint")
+    parser.add_argument("--from", dest="from_step", metavar="STEP", help="rerun from STEP (exact name) to the end")
+    parser.add_argument("--only", dest="only_step", metavar="STEP", help="run only STEP (exact name)")
+    parser.add_argument("--nodes", dest="demo_nodes", type=int, default=4, help="demo: lab node count (default 4)")
+    parser.add_argument("--release", default="bookworm", choices=["bookworm", "trixie"],
+                        help="demo: Debian release of the lab nodes")
+    return parser
+
+
+def _inventory(arg: Optional[str]) -> Path:
+    raw = arg or os.environ.get("AIRGAP_INVENTORY") or str(REPO / "inventory" / "local" / "hosts.yml")
+    path = Path(raw).resolve()
+    if not path.exists():
+        raise steps.StepError(f"inventory {raw} does not exist: pass -i PATH, or copy inventory/sample "
+                              f"to inventory/local and fill it in")
+    return path
+
+
+def inventory_hosts(inventory: Path) -> set[str]:
+    """Every host in the inventory, as Ansible itself parses it."""
+    proc = subprocess.run([_tool("ansible-inventory"), "-i", str(inventory), "--list"], cwd=REPO,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise steps.StepError(f"inventory {inventory} does not parse: {proc.stderr.strip()[-500:]}")
+    data = json.loads(proc.stdout)
+    return set(data.get("_meta", {}).get("hostvars", {}))
+
+
+def _targets(command: str, nodes: list[str], inventory: Path) -> tuple[str, ...]:
+    if command not in ("add-node", "remove-node"):
+        if nodes:
+            raise steps.StepError(f"{command} takes no node names (got {' '.join(nodes)})")
+        return ()
+    names = tuple(n for arg in nodes for n in arg.split(",") if n)
+    if not names:
+        raise steps.StepError(f"{command} needs node names, e.g. ./run.sh {command} node5")
+    unknown = sorted(set(names) - inventory_hosts(inventory))
+    if unknown:
+        raise steps.StepError(f"{', '.join(unknown)} not in inventory {inventory}: "
+                              f"add {'them' if len(unknown) > 1 else 'it'} to kube_node there first")
+    return names
+
+
+def _bundle_manifest(arg: Optional[str]) -> Optional[Path]:
+    if not arg:
+        return None
+    manifest = Path(arg).resolve() / "manifest.json"
+    if not manifest.is_file():
+        raise steps.StepError(f"--bundle {arg} has no manifest.json: point it at an unpacked bundle")
+    return manifest
+
+
+def _make_run(args: argparse.Namespace, command: str, inventory: Path) -> steps.Run:
+    return steps.Run(command=command, inventory=inventory, repo=REPO,
+                     targets=_targets(command, args.nodes, inventory),
+                     extra_vars=tuple(args.extra_vars), bundle_manifest=_bundle_manifest(args.bundle))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Starts (or reuses) the demo lab, then deploys every layer that exists so far."""
+    lab = [sys.executable, str(REPO / "tests" / "lab" / "lab.py")]
+    code = subprocess.call(lab + ["up", DEMO_LAB, "--nodes", str(args.demo_nodes), "--release", args.release,
+                                  "--internal"], cwd=REPO)
+    if code != 0:
+        return code
+    inventory = REPO / ".lab" / DEMO_LAB / "inventory" / "hosts.yml"
+    run = steps.Run(command="deploy-cluster", inventory=inventory, repo=REPO, extra_vars=tuple(args.extra_vars))
+    code = steps.execute(run, args.from_step, args.only_step, _tool("ansible-playbook"), stop_at_missing=True)
+    missing = steps.missing_playbooks(run, run.steps)
+    done = [s for s in run.steps if s not in missing]
+    print(f"\ndemo lab '{DEMO_LAB}': inventory {inventory}")
+    print(f"  layers deployed: {', '.join(done) or 'none'}")
+    if missing:
+        print(f"  NOT DEPLOYED, not implemented yet: {', '.join(missing)}")
+    print(f"  log in:   python3 tests/lab/lab.py ssh {DEMO_LAB} node1")
+    print(f"  tear down: python3 tests/lab/lab.py down {DEMO_LAB}")
+    return 0 if code in (0, 3) else code
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["list-artifacts"]:
+        # Its options belong to the resolver's CLI; forward them untouched.
+        from ansible_collections.airgap.kubernetes.plugins.module_utils import list_artifacts
+        return list_artifacts.main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "test":
+            return subprocess.call(["bash", str(REPO / "tests" / "run-all.sh")], cwd=REPO)
+        inventory = _inventory(args.inventory)
+        if args.command == "steps":
+            steps.describe(inventory)
+            return 0
+        run = _make_run(args, args.command, inventory)
+        return steps.execute(run, args.from_step, args.only_step, _tool("ansible-playbook"))
+    except steps.StepError as exc:
+        print(f"run.sh: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

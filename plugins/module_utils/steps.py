@@ -1,0 +1,367 @@
+"""Step engine behind run.sh: plans, runs and records playbook steps so a failed run resumes."""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional, TextIO
+
+DEPLOY_STEPS = ("00-ssh", "01-bootstrap-os", "02-etcd", "03-control-plane", "04-network", "05-apps")
+
+# Each command is an ordered list of steps; a step is a playbook under playbooks/.
+COMMAND_STEPS: dict[str, tuple[str, ...]] = {
+    "deploy-cluster": DEPLOY_STEPS,
+    "add-node": ("scale-nodes",),
+    "remove-node": ("remove-node",),
+    "remove-cluster": ("remove-cluster",),
+    "upgrade": ("upgrade",),
+}
+
+STATE_DIR_NAME = ".airgap"
+
+
+def inventory_dir(inventory: Path) -> Path:
+    return inventory if inventory.is_dir() else inventory.parent
+
+
+class StepError(Exception):
+    """A problem the operator must fix; the message says what and how."""
+
+
+@dataclass
+class StepRecord:
+    status: str  # running | done | failed
+    fingerprint: str
+    started: str
+    finished: str = ""
+    seconds: float = 0.0
+    log: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StepRecord":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class PlannedStep:
+    name: str
+    run: bool
+    reason: str
+
+
+@dataclass
+class Run:
+    """One command on one inventory: the unit that the state file tracks and resumes."""
+
+    command: str
+    inventory: Path
+    repo: Path
+    targets: tuple[str, ...] = ()
+    extra_vars: tuple[str, ...] = ()
+    bundle_manifest: Optional[Path] = None
+    steps: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.command not in COMMAND_STEPS:
+            raise StepError(f"unknown command {self.command!r}: use one of {', '.join(COMMAND_STEPS)}")
+        if not self.steps:
+            self.steps = COMMAND_STEPS[self.command]
+
+    @property
+    def key(self) -> str:
+        return self.command + (" " + ",".join(self.targets) if self.targets else "")
+
+    @property
+    def inventory_dir(self) -> Path:
+        return inventory_dir(self.inventory)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.inventory_dir / STATE_DIR_NAME
+
+    def playbook(self, step: str) -> Path:
+        return self.repo / "playbooks" / f"{step}.yml"
+
+
+def _hash_tree(digest: "hashlib._Hash", root: Path, label: str) -> None:
+    """Feeds every file under root (sorted, state dir excluded) into digest."""
+    if not root.exists():
+        digest.update(f"{label}:absent\n".encode())
+        return
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for path in paths:
+        rel = path.relative_to(root.parent if root.is_file() else root)
+        if STATE_DIR_NAME in rel.parts or "__pycache__" in rel.parts:
+            continue
+        digest.update(f"{label}:{rel}:".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+
+
+def _extra_var_sources(extra_vars: Iterable[str], base: Path) -> list[tuple[str, bytes]]:
+    """Returns (label, content) per extra var; @file arguments contribute the file's content."""
+    sources = []
+    for item in extra_vars:
+        if item.startswith("@"):
+            path = (base / item[1:]).resolve() if not os.path.isabs(item[1:]) else Path(item[1:])
+            if not path.is_file():
+                raise StepError(f"extra vars file {item[1:]} does not exist: fix the path after -e @")
+            sources.append((f"file:{item}", path.read_bytes()))
+        else:
+            sources.append(("arg", item.encode()))
+    return sources
+
+
+def inputs_fingerprint(run: Run) -> str:
+    """Fingerprint of what every step depends on: inventory, group_vars, extra vars, bundle manifest."""
+    digest = hashlib.sha256()
+    _hash_tree(digest, run.inventory_dir, "inventory")
+    _hash_tree(digest, run.repo / "group_vars", "group_vars")
+    for label, content in _extra_var_sources(run.extra_vars, Path.cwd()):
+        digest.update(label.encode() + b"\0" + content + b"\0")
+    if run.bundle_manifest is not None:
+        _hash_tree(digest, run.bundle_manifest, "manifest")
+    digest.update(("targets:" + ",".join(run.targets)).encode())
+    return digest.hexdigest()
+
+
+def step_fingerprint(run: Run, step: str, inputs: str) -> str:
+    """A step's fingerprint adds its own playbook, so an edited layer reruns from that layer."""
+    digest = hashlib.sha256(inputs.encode())
+    playbook = run.playbook(step)
+    digest.update(playbook.read_bytes() if playbook.is_file() else b"absent")
+    return digest.hexdigest()
+
+
+def validate_step_name(run: Run, name: Optional[str], option: str) -> None:
+    # Exact names only: a prefix or substring match would let 02-etcd select 02-etcd-events.
+    if name is not None and name not in run.steps:
+        raise StepError(f"{option} {name!r} is not a step of {run.command}: use one of {', '.join(run.steps)}")
+
+
+def plan(run: Run, records: dict[str, StepRecord], fingerprints: dict[str, str],
+         from_step: Optional[str] = None, only_step: Optional[str] = None) -> list[PlannedStep]:
+    """Decides which steps run: from the first failed, unfinished or changed step to the end."""
+    validate_step_name(run, from_step, "--from")
+    validate_step_name(run, only_step, "--only")
+    if from_step and only_step:
+        raise StepError("--from and --only exclude each other: pass one")
+    planned: list[PlannedStep] = []
+    rerun_rest = False
+    for name in run.steps:
+        if only_step is not None:
+            planned.append(PlannedStep(name, name == only_step, "--only" if name == only_step else "not selected"))
+            continue
+        if from_step is not None and name == from_step:
+            rerun_rest = True
+            planned.append(PlannedStep(name, True, "--from"))
+            continue
+        if rerun_rest:
+            planned.append(PlannedStep(name, True, "an earlier step runs"))
+            continue
+        record = records.get(name)
+        if from_step is not None:
+            planned.append(PlannedStep(name, False, "before --from"))
+        elif record is None:
+            rerun_rest = True
+            planned.append(PlannedStep(name, True, "not run yet"))
+        elif record.status != "done":
+            rerun_rest = True
+            planned.append(PlannedStep(name, True, f"{record.status} last time"))
+        elif record.fingerprint != fingerprints[name]:
+            rerun_rest = True
+            planned.append(PlannedStep(name, True, "inputs changed"))
+        else:
+            planned.append(PlannedStep(name, False, f"done {record.finished}, inputs unchanged"))
+    return planned
+
+
+class StateFile:
+    """JSON record of finished steps, per run key, next to the inventory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, dict[str, StepRecord]]:
+        if not self.path.exists():
+            return {}
+        try:
+            raw = json.loads(self.path.read_text())
+        except json.JSONDecodeError as exc:
+            raise StepError(f"step file {self.path} is corrupt ({exc}): delete it to start over") from exc
+        return {key: {step: StepRecord.from_dict(rec) for step, rec in steps.items()}
+                for key, steps in raw.get("runs", {}).items()}
+
+    def save(self, runs: dict[str, dict[str, StepRecord]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"version": 1, "runs": {key: {s: vars(r) for s, r in steps.items()} for key, steps in runs.items()}}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)  # atomic: a kill mid-write never leaves half a file
+
+    def record(self, key: str, step: str, rec: StepRecord) -> None:
+        runs = self.load()
+        runs.setdefault(key, {})[step] = rec
+        self.save(runs)
+
+    def clear(self) -> None:
+        if self.path.exists():
+            self.path.unlink()
+
+
+class Lock:
+    """Exclusive, non-blocking lock per inventory; the kernel drops it when the holder dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> "Lock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StepError(f"another run holds the lock on this inventory ({holder}); "
+                            f"wait for it to finish (lock file {self.path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}, {' '.join(sys.argv[1:])[:200]}, since {_now()}".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+class Style:
+    """ANSI colours, only when writing to a terminal and NO_COLOR is unset."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.on = stream.isatty() and not os.environ.get("NO_COLOR")
+
+    def _wrap(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.on else text
+
+    def ok(self, text: str) -> str:
+        return self._wrap("32", text)
+
+    def bad(self, text: str) -> str:
+        return self._wrap("31;1", text)
+
+    def dim(self, text: str) -> str:
+        return self._wrap("2", text)
+
+    def bold(self, text: str) -> str:
+        return self._wrap("1", text)
+
+
+Executor = Callable[[list[str], Path, Path], int]
+
+
+def run_logged(argv: list[str], cwd: Path, log_path: Path, out: TextIO = sys.stdout) -> int:
+    """Runs argv, copying its output line by line to out and to log_path; returns the exit code."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(f"# {_now()} {' '.join(argv)}\n")
+        log.flush()
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            log.write(line)
+        return proc.wait()
+
+
+def playbook_argv(run: Run, step: str, ansible_playbook: str) -> list[str]:
+    argv = [ansible_playbook, "-i", str(run.inventory), str(run.playbook(step))]
+    for item in run.extra_vars:
+        argv += ["-e", item]
+    if run.targets:
+        argv += ["-e", "airgap_target_nodes=" + ",".join(run.targets)]
+    return argv
+
+
+def missing_playbooks(run: Run, names: Iterable[str]) -> list[str]:
+    return [n for n in names if not run.playbook(n).is_file()]
+
+
+def execute(run: Run, from_step: Optional[str] = None, only_step: Optional[str] = None,
+            ansible_playbook: str = "ansible-playbook", out: TextIO = sys.stdout,
+            stop_at_missing: bool = False) -> int:
+    """Runs the planned steps under the inventory lock; returns 0 when every step is done."""
+    style = Style(out)
+    state = StateFile(run.state_dir / "steps.json")
+    with Lock(run.state_dir / "lock"):
+        inputs = inputs_fingerprint(run)
+        fingerprints = {s: step_fingerprint(run, s, inputs) for s in run.steps}
+        planned = plan(run, state.load().get(run.key, {}), fingerprints, from_step, only_step)
+        to_run = [p for p in planned if p.run]
+        missing = missing_playbooks(run, [p.name for p in to_run])
+        if missing and not stop_at_missing:
+            raise StepError(f"{run.command} needs playbook(s) that do not exist yet in this version: "
+                            + ", ".join(f"playbooks/{m}.yml" for m in missing))
+        for p in planned:
+            if not p.run:
+                out.write(style.dim(f"== skip {p.name}: {p.reason}") + "\n")
+        for p in to_run:
+            if p.name in missing:
+                out.write(style.bad(f"== stop at {p.name}: playbooks/{p.name}.yml does not exist yet; "
+                                    f"not implemented: {', '.join(missing)}") + "\n")
+                return 3
+            started = _now()
+            log_path = run.state_dir / "logs" / f"{p.name}.log"
+            state.record(run.key, p.name, StepRecord("running", fingerprints[p.name], started, log=str(log_path)))
+            out.write(style.bold(f"== run {p.name} ({p.reason}); log {log_path}") + "\n")
+            out.flush()
+            t0 = time.monotonic()
+            code = run_logged(playbook_argv(run, p.name, ansible_playbook), run.repo, log_path, out)
+            seconds = round(time.monotonic() - t0, 1)
+            status = "done" if code == 0 else "failed"
+            state.record(run.key, p.name, StepRecord(status, fingerprints[p.name], started, _now(), seconds,
+                                                     str(log_path)))
+            if code != 0:
+                out.write(style.bad(f"== {p.name} failed after {seconds} s (exit {code}); log {log_path}. "
+                                    f"Fix the cause and rerun the same command: it resumes at {p.name}.") + "\n")
+                return code
+            out.write(style.ok(f"== {p.name} done in {seconds} s") + "\n")
+        if run.command == "remove-cluster":
+            state.clear()
+            out.write("== step file cleared: the next deploy-cluster starts from 00-ssh\n")
+    return 0
+
+
+def describe(inventory: Path, out: TextIO = sys.stdout) -> None:
+    """Prints every recorded run for the inventory: step, status, when, how long."""
+    style = Style(out)
+    runs = StateFile(inventory_dir(inventory) / STATE_DIR_NAME / "steps.json").load()
+    if not runs:
+        out.write(f"no steps recorded for {inventory}\n")
+        return
+    for key, records in runs.items():
+        out.write(style.bold(key) + "\n")
+        known = COMMAND_STEPS.get(key.split(" ")[0], ())
+        for name in list(known) + [s for s in records if s not in known]:
+            rec = records.get(name)
+            if rec is None:
+                out.write(f"  {name:<18} {style.dim('pending')}\n")
+                continue
+            colour = style.ok if rec.status == "done" else style.bad
+            when = rec.finished or rec.started
+            out.write(f"  {name:<18} {colour(rec.status):<8} {when}  {rec.seconds:>7.1f} s\n")

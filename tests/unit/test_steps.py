@@ -1,0 +1,313 @@
+"""Specification of run.sh's step engine, exercised with real ansible-playbook runs on localhost."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.airgap.kubernetes.plugins.module_utils import steps
+
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+REPO = Path(__file__).resolve().parents[2]
+
+# Each playbook appends its own name to $TRACE and fails when $FAIL_STEP names it.
+PLAYBOOK = textwrap.dedent("""\
+    ---
+    - name: Step {name}
+      hosts: localhost
+      gather_facts: false
+      tasks:
+        - name: Record that {name} ran
+          ansible.builtin.shell: echo {name} >> "$TRACE"
+          changed_when: true
+        - name: Fail when asked to
+          ansible.builtin.fail:
+            msg: "{name} failed on request"
+          when: lookup('ansible.builtin.env', 'FAIL_STEP') == '{name}'
+    """)
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    """A repo with its own playbooks and an inventory of localhost."""
+    repo = tmp_path / "repo"
+    (repo / "playbooks").mkdir(parents=True)
+    (repo / "group_vars" / "all").mkdir(parents=True)
+    (repo / "group_vars" / "all" / "main.yml").write_text("kube_version: v1.36.4\n")
+    inventory = tmp_path / "inv" / "hosts.yml"
+    inventory.parent.mkdir()
+    inventory.write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+                         f"      ansible_python_interpreter: {sys.executable}\n")
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("TRACE", str(trace))
+    monkeypatch.setenv("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
+    monkeypatch.delenv("FAIL_STEP", raising=False)
+    return repo, inventory, trace
+
+
+def add_playbooks(repo: Path, *names: str) -> None:
+    for name in names:
+        (repo / "playbooks" / f"{name}.yml").write_text(PLAYBOOK.format(name=name))
+
+
+def make_run(repo, inventory, names, command="deploy-cluster", **kw) -> steps.Run:
+    return steps.Run(command=command, inventory=inventory, repo=repo, steps=tuple(names), **kw)
+
+
+def execute(run, **kw) -> tuple[int, str]:
+    out = io.StringIO()
+    code = steps.execute(run, ansible_playbook=ANSIBLE_PLAYBOOK, out=out, **kw)
+    return code, out.getvalue()
+
+
+def ran(trace: Path) -> list[str]:
+    lines = trace.read_text().split() if trace.exists() else []
+    trace.unlink(missing_ok=True)
+    return lines
+
+
+def test_a_failed_step_resumes_there_and_skips_the_finished_ones(tree, monkeypatch):
+    repo, inventory, trace = tree
+    add_playbooks(repo, "a", "b", "c")
+    run = make_run(repo, inventory, ["a", "b", "c"])
+    monkeypatch.setenv("FAIL_STEP", "b")
+    code, out = execute(run)
+    assert code != 0 and ran(trace) == ["a", "b"]
+    assert "resumes at b" in out
+    monkeypatch.delenv("FAIL_STEP")
+    code, out = execute(run)
+    assert code == 0 and ran(trace) == ["b", "c"]
+    assert "skip a" in out
+
+
+def test_a_second_run_with_nothing_changed_runs_nothing(tree):
+    repo, inventory, trace = tree
+    add_playbooks(repo, "a", "b")
+    run = make_run(repo, inventory, ["a", "b"])
+    assert execute(run)[0] == 0 and ran(trace) == ["a", "b"]
+    assert execute(run)[0] == 0 and ran(trace) == []
+
+
+def test_a_changed_inventory_reruns_every_step(tree):
+    repo, inventory, trace = tree
+    add_playbooks(repo, "a", "b")
+    run = make_run(repo, inventory, ["a", "b"])
+    execute(run)
+    ran(trace)
+    (inventory.parent / "group_vars").mkdir()
+    (inventory.parent / "group_vars" / "all.yml").write_text("etcd_version: 3.6.5\n")
+    assert execute(run)[0] == 0 and ran(trace) == ["a", "b"]
+
+
+def test_a_changed_layer_reruns_from_that_layer_on(tree):
+    repo, inventory, trace = tree
+    add_playbooks(repo, "a", "b", "c")
+    run = make_run(repo, inventory, ["a", "b", "c"])
+    execute(run)
+    ran(trace)
+    with open(repo / "playbooks" / "b.yml", "a") as playbook:
+        playbook.write("# edited\n")
+    code, out = execute(run)
+    assert code == 0 and ran(trace) == ["b", "c"]
+    assert "run b (inputs changed)" in out
+
+
+def test_changed_group_vars_or_extra_vars_change_the_fingerprint(tree):
+    repo, inventory, _ = tree
+    base = steps.inputs_fingerprint(make_run(repo, inventory, ["a"]))
+    assert steps.inputs_fingerprint(make_run(repo, inventory, ["a"], extra_vars=("x=1",))) != base
+    (repo / "group_vars" / "all" / "main.yml").write_text("kube_version: v1.36.3\n")
+    assert steps.inputs_fingerprint(make_run(repo, inventory, ["a"])) != base
+
+
+def test_a_changed_bundle_manifest_changes_the_fingerprint(tree, tmp_path):
+    repo, inventory, _ = tree
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"files": {"a": "1"}}))
+    before = steps.inputs_fingerprint(make_run(repo, inventory, ["a"], bundle_manifest=manifest))
+    manifest.write_text(json.dumps({"files": {"a": "2"}}))
+    assert steps.inputs_fingerprint(make_run(repo, inventory, ["a"], bundle_manifest=manifest)) != before
+
+
+def test_the_state_directory_does_not_feed_the_fingerprint(tree):
+    repo, inventory, _ = tree
+    run = make_run(repo, inventory, ["a"])
+    before = steps.inputs_fingerprint(run)
+    (run.state_dir / "logs").mkdir(parents=True)
+    (run.state_dir / "logs" / "a.log").write_text("noise")
+    assert steps.inputs_fingerprint(run) == before
+
+
+def test_an_interrupted_step_is_run_again(tree):
+    repo, inventory, trace = tree
+    add_playbooks(repo, "a", "b")
+    run = make_run(repo, inventory, ["a", "b"])
+    execute(run)
+    ran(trace)
+    # What a kill -9 during b leaves behind: b recorded as running.
+    state = steps.StateFile(run.state_dir / "steps.json")
+    rec = state.load()[run.key]["b"]
+    state.record(run.key, "b", steps.StepRecord("running", rec.fingerprint, rec.started))
+    assert execute(run)[0] == 0 and ran(trace) == ["b"]
+
+
+def test_only_matches_the_exact_step_name(tree):
+    repo, inventory, trace = tree
+    add_playbooks(repo, "02-etcd", "02-etcd-events")
+    run = make_run(repo, inventory, ["02-etcd", "02-etcd-events"])
+    assert execute(run, only_step="02-etcd")[0] == 0
+    assert ran(trace) == ["02-etcd"]
+    assert execute(run, only_step="02-etcd-events")[0] == 0
+    assert ran(trace) == ["02-etcd-events"]
+
+
+def test_a_step_name_that_is_only_a_prefix_is_refused_with_the_valid_names(tree):
+    repo, inventory, _ = tree
+    run = make_run(repo, inventory, ["02-etcd", "02-etcd-events"])
+    with pytest.raises(steps.StepError, match=r"--from '02-et' is not a step .*02-etcd, 02-etcd-events"):
+        execute(run, from_step="02-et")
+
+
+def test_from_reruns_that_step_and_all_after_it(tree):
+    repo, inventory, trace = tree
+    add_playbooks(repo, "a", "b", "c")
+    run = make_run(repo, inventory, ["a", "b", "c"])
+    execute(run)
+    ran(trace)
+    assert execute(run, from_step="b")[0] == 0 and ran(trace) == ["b", "c"]
+
+
+def test_a_second_concurrent_run_on_the_same_inventory_is_refused(tree):
+    repo, inventory, _ = tree
+    add_playbooks(repo, "a")
+    run = make_run(repo, inventory, ["a"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            sys.path.insert(0, {str(REPO / '.collections')!r})
+            from pathlib import Path
+            from ansible_collections.airgap.kubernetes.plugins.module_utils import steps
+            with steps.Lock(Path({str(run.state_dir / 'lock')!r})):
+                print('locked', flush=True)
+                time.sleep(30)
+            """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(steps.StepError, match=rf"another run holds the lock .*pid {holder.pid}"):
+            execute(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    # The kernel released the dead holder's lock: no stale lock to clean by hand.
+    assert execute(run)[0] == 0
+
+
+def test_remove_cluster_clears_the_step_file(tree):
+    repo, inventory, _ = tree
+    add_playbooks(repo, "a", "remove-cluster")
+    execute(make_run(repo, inventory, ["a"]))
+    state_file = inventory.parent / ".airgap" / "steps.json"
+    assert "deploy-cluster" in json.loads(state_file.read_text())["runs"]
+    assert execute(make_run(repo, inventory, ["remove-cluster"], command="remove-cluster"))[0] == 0
+    assert not state_file.exists()
+
+
+def test_a_failed_remove_cluster_keeps_the_step_file(tree, monkeypatch):
+    repo, inventory, _ = tree
+    add_playbooks(repo, "a", "remove-cluster")
+    execute(make_run(repo, inventory, ["a"]))
+    monkeypatch.setenv("FAIL_STEP", "remove-cluster")
+    assert execute(make_run(repo, inventory, ["remove-cluster"], command="remove-cluster"))[0] != 0
+    assert "deploy-cluster" in json.loads((inventory.parent / ".airgap" / "steps.json").read_text())["runs"]
+
+
+def test_each_step_logs_to_its_own_file(tree):
+    repo, inventory, _ = tree
+    add_playbooks(repo, "a", "b")
+    run = make_run(repo, inventory, ["a", "b"])
+    execute(run)
+    for name in ("a", "b"):
+        log = (run.state_dir / "logs" / f"{name}.log").read_text()
+        assert f"Record that {name} ran" in log
+        assert f"Record that {'b' if name == 'a' else 'a'} ran" not in log
+
+
+def test_a_missing_playbook_is_named_before_anything_runs(tree):
+    repo, inventory, trace = tree
+    add_playbooks(repo, "a")
+    run = make_run(repo, inventory, ["a", "b"])
+    with pytest.raises(steps.StepError, match=r"do not exist yet in this version: playbooks/b\.yml"):
+        execute(run)
+    assert ran(trace) == []
+
+
+def test_stop_at_missing_runs_what_exists_and_names_the_rest(tree):
+    repo, inventory, trace = tree
+    add_playbooks(repo, "a")
+    code, out = execute(make_run(repo, inventory, ["a", "b", "c"]), stop_at_missing=True)
+    assert code == 3 and ran(trace) == ["a"]
+    assert "not implemented: b, c" in out
+
+
+def test_steps_shows_status_time_and_duration(tree, monkeypatch):
+    repo, inventory, _ = tree
+    add_playbooks(repo, "00-ssh", "01-bootstrap-os")
+    monkeypatch.setenv("FAIL_STEP", "01-bootstrap-os")
+    execute(make_run(repo, inventory, ["00-ssh", "01-bootstrap-os"]))
+    out = io.StringIO()
+    steps.describe(inventory, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "deploy-cluster"
+    assert lines[1].split()[:2] == ["00-ssh", "done"] and lines[1].endswith(" s")
+    assert lines[2].split()[:2] == ["01-bootstrap-os", "failed"]
+    assert lines[3].split() == ["02-etcd", "pending"]
+
+
+def test_output_has_no_colour_codes_when_not_on_a_terminal(tree):
+    repo, inventory, _ = tree
+    add_playbooks(repo, "a")
+    _, out = execute(make_run(repo, inventory, ["a"]))
+    assert "\033[" not in out
+
+
+def test_a_corrupt_step_file_names_itself_and_the_fix(tree):
+    repo, inventory, _ = tree
+    run = make_run(repo, inventory, ["a"])
+    run.state_dir.mkdir()
+    (run.state_dir / "steps.json").write_text("{half")
+    with pytest.raises(steps.StepError, match=r"steps\.json is corrupt .*delete it"):
+        execute(run)
+
+
+def test_an_unknown_command_lists_the_valid_ones(tree):
+    repo, inventory, _ = tree
+    with pytest.raises(steps.StepError, match="unknown command 'deploy': use one of deploy-cluster"):
+        steps.Run(command="deploy", inventory=inventory, repo=repo)
+
+
+def test_add_node_runs_are_recorded_apart_from_the_deploy(tree):
+    repo, inventory, _ = tree
+    add_playbooks(repo, "scale-nodes")
+    run = make_run(repo, inventory, ["scale-nodes"], command="add-node", targets=("node5",))
+    assert execute(run)[0] == 0
+    assert set(json.loads((run.state_dir / "steps.json").read_text())["runs"]) == {"add-node node5"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["deploy-cluster", "-i", "/nonexistent/hosts.yml"], "inventory /nonexistent/hosts.yml does not exist"),
+    (["add-node", "-i", "{inv}"], "add-node needs node names"),
+    (["add-node", "node9", "-i", "{inv}"], "node9 not in inventory"),
+    (["remove-cluster", "node1", "-i", "{inv}"], "remove-cluster takes no node names"),
+])
+def test_run_sh_refuses_bad_input_with_a_message_naming_it(tree, args, message):
+    _, inventory, _ = tree
+    proc = subprocess.run([str(REPO / "run.sh")] + [a.format(inv=inventory) for a in args],
+                          capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 2
+    assert message in proc.stderr
