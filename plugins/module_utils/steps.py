@@ -274,14 +274,15 @@ class Style:
 Executor = Callable[[list[str], Path, Path], int]
 
 
-def run_logged(argv: list[str], cwd: Path, log_path: Path, out: TextIO = sys.stdout) -> int:
+def run_logged(argv: list[str], cwd: Path, log_path: Path, out: TextIO = sys.stdout,
+               env: Optional[dict[str, str]] = None) -> int:
     """Runs argv, copying its output line by line to out and to log_path; returns the exit code."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"# {_now()} {' '.join(argv)}\n")
         log.flush()
         proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
+                                text=True, bufsize=1, env=env)
         assert proc.stdout is not None
         for line in proc.stdout:
             out.write(line)
@@ -308,6 +309,8 @@ def execute(run: Run, from_step: Optional[str] = None, only_step: Optional[str] 
     """Runs the planned steps under the inventory lock; returns 0 when every step is done."""
     style = Style(out)
     state = StateFile(run.state_dir / "steps.json")
+    # Facts are cached per inventory: two labs may both have a node1.
+    env = {**os.environ, "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(run.state_dir / "facts")}
     with Lock(run.state_dir / "lock"):
         inputs = inputs_fingerprint(run)
         fingerprints = {s: step_fingerprint(run, s, inputs) for s in run.steps}
@@ -331,7 +334,7 @@ def execute(run: Run, from_step: Optional[str] = None, only_step: Optional[str] 
             out.write(style.bold(f"== run {p.name} ({p.reason}); log {log_path}") + "\n")
             out.flush()
             t0 = time.monotonic()
-            code = run_logged(playbook_argv(run, p.name, ansible_playbook), run.repo, log_path, out)
+            code = run_logged(playbook_argv(run, p.name, ansible_playbook), run.repo, log_path, out, env)
             seconds = round(time.monotonic() - t0, 1)
             status = "done" if code == 0 else "failed"
             state.record(run.key, p.name, StepRecord(status, fingerprints[p.name], started, _now(), seconds,

@@ -1,0 +1,47 @@
+"""Checks an inventory's shape before any host is touched; every problem names itself and its fix."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Mapping
+
+REQUIRED_GROUPS = ("kube_control_plane", "etcd", "k8s_cluster", "bundle_server")
+# Groups a host may belong to; a host in none of them has no job and is almost always a typo.
+ROLE_GROUPS = ("kube_control_plane", "kube_node", "etcd", "bundle_server", "bastion")
+
+
+def _address(hostvars: Mapping[str, object], host: str) -> str:
+    return str(hostvars.get("ip") or hostvars.get("ansible_host") or host)
+
+
+def inventory_problems(groups: Mapping[str, Iterable[str]], hostvars: Mapping[str, Mapping[str, object]],
+                       allow_even_etcd: bool = False) -> list[str]:
+    """Returns one message per problem; an empty list means the inventory is usable."""
+    groups = {name: list(members) for name, members in groups.items()}
+    problems: list[str] = []
+    for name in REQUIRED_GROUPS:
+        if not groups.get(name):
+            problems.append(f"group {name} is empty or missing: put at least one host in it")
+    etcd = groups.get("etcd", [])
+    if etcd and len(etcd) % 2 == 0 and not allow_even_etcd:
+        problems.append(f"etcd has {len(etcd)} members ({', '.join(etcd)}): an even count tolerates no more "
+                        f"failures than one member fewer; use {len(etcd) - 1} or {len(etcd) + 1}, "
+                        f"or set etcd_allow_even_members: true")
+    cluster = set(groups.get("k8s_cluster", []))
+    for name in ("kube_control_plane", "kube_node"):
+        outside = [h for h in groups.get(name, []) if h not in cluster]
+        if outside:
+            problems.append(f"{', '.join(outside)} in {name} but not in k8s_cluster: "
+                            f"make {name} a child of k8s_cluster")
+    placed = {h for g in ROLE_GROUPS for h in groups.get(g, [])}
+    for host in sorted(set(groups.get("all", [])) - placed - {"localhost"}):
+        problems.append(f"host {host} is in no group ({', '.join(ROLE_GROUPS)}): add it to one, or delete it")
+    by_address: dict[str, list[str]] = defaultdict(list)
+    for host in groups.get("all", []):
+        by_address[_address(hostvars.get(host, {}), host)].append(host)
+    for address, hosts in sorted(by_address.items()):
+        if len(hosts) > 1:
+            problems.append(f"hosts {', '.join(sorted(hosts))} share the address {address}: "
+                            f"give each host its own ip/ansible_host")
+    if len(groups.get("bundle_server", [])) > 1:
+        problems.append(f"bundle_server has {len(groups['bundle_server'])} hosts: it takes exactly one")
+    return problems

@@ -1,0 +1,73 @@
+"""Specification of the inventory shape checks that run before any host is touched."""
+from ansible_collections.airgap.kubernetes.plugins.module_utils.inventory_checks import inventory_problems
+
+
+def good_groups(**overrides):
+    groups = {
+        "all": ["bundle", "node1", "node2", "node3", "node4"],
+        "bundle_server": ["bundle"],
+        "kube_control_plane": ["node1"],
+        "etcd": ["node1", "node2", "node3"],
+        "kube_node": ["node2", "node3", "node4"],
+        "k8s_cluster": ["node1", "node2", "node3", "node4"],
+    }
+    groups.update(overrides)
+    return groups
+
+
+def hostvars_for(groups):
+    return {h: {"ip": f"10.0.0.{i}"} for i, h in enumerate(groups["all"], start=10)}
+
+
+def test_a_well_formed_inventory_has_no_problems():
+    groups = good_groups()
+    assert inventory_problems(groups, hostvars_for(groups)) == []
+
+
+def test_an_even_etcd_count_is_refused_with_the_odd_alternatives():
+    groups = good_groups(etcd=["node1", "node2", "node3", "node4"])
+    [problem] = inventory_problems(groups, hostvars_for(groups))
+    assert problem.startswith("etcd has 4 members (node1, node2, node3, node4)")
+    assert "use 3 or 5, or set etcd_allow_even_members: true" in problem
+
+
+def test_an_even_etcd_count_passes_when_explicitly_allowed():
+    groups = good_groups(etcd=["node1", "node2"])
+    assert inventory_problems(groups, hostvars_for(groups), allow_even_etcd=True) == []
+
+
+def test_a_host_in_no_group_is_named():
+    groups = good_groups(all=good_groups()["all"] + ["stray"])
+    [problem] = inventory_problems(groups, hostvars_for(groups))
+    assert problem.startswith("host stray is in no group")
+
+
+def test_duplicate_addresses_name_both_hosts_and_the_address():
+    groups = good_groups()
+    hostvars = hostvars_for(groups)
+    hostvars["node4"] = {"ansible_host": hostvars["node2"]["ip"]}
+    [problem] = inventory_problems(groups, hostvars)
+    assert problem == ("hosts node2, node4 share the address 10.0.0.12: give each host its own ip/ansible_host")
+
+
+def test_missing_required_groups_are_each_named():
+    groups = good_groups(etcd=[], bundle_server=[])
+    problems = inventory_problems(groups, hostvars_for(groups))
+    assert "group etcd is empty or missing: put at least one host in it" in problems
+    assert "group bundle_server is empty or missing: put at least one host in it" in problems
+
+
+def test_a_control_plane_outside_k8s_cluster_is_refused():
+    groups = good_groups(k8s_cluster=["node2", "node3", "node4"])
+    [problem] = inventory_problems(groups, hostvars_for(groups))
+    assert problem.startswith("node1 in kube_control_plane but not in k8s_cluster")
+
+
+def test_more_than_one_bundle_server_is_refused():
+    groups = good_groups(bundle_server=["bundle", "node4"])
+    assert "bundle_server has 2 hosts: it takes exactly one" in inventory_problems(groups, hostvars_for(groups))
+
+
+def test_every_problem_is_reported_at_once():
+    groups = good_groups(etcd=["node1", "node2"], all=good_groups()["all"] + ["stray"])
+    assert len(inventory_problems(groups, hostvars_for(groups))) == 2
