@@ -1,0 +1,247 @@
+"""Test fixture: builds a small but real bundle (Debian binaries, a signed apt repo, registry storage) in the bundle format.
+
+CLI: python3 tests/bundle_fixture.py OUT_DIR   -> OUT_DIR/airgap-bundle/, OUT_DIR/bundle.tar.gz(.sha256)
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / ".collections") not in sys.path:
+    sys.path.insert(0, str(REPO / ".collections"))
+
+from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
+
+CACHE = Path(os.environ.get("AIRGAP_CACHE", Path.home() / ".cache" / "airgap-kubernetes")) / "bundle-fixture"
+SUITE = "bookworm"
+ARCH = "amd64"
+# What the bundle server installs from the bundle; python3-apt because Ansible's apt module needs it.
+APT_PACKAGES = ("nginx", "docker-registry", "chrony", "python3-apt")
+# Debian packages whose binaries play the upstream release files.
+FILE_PACKAGES = {"etcd-server": "usr/bin/etcd", "etcd-client": "usr/bin/etcdctl"}
+BUSYBOX = "/bin/busybox"  # from Debian's busybox-static
+IMAGES = {
+    "docker.io/library/busybox:1.35.0": 'CMD ["/bin/sh"]',
+    "registry.k8s.io/pause:3.10.2": 'ENTRYPOINT ["/bin/sleep", "infinity"]',
+}
+BUNDLE_NAME = "airgap-bundle"
+
+
+@dataclass
+class FixtureBundle:
+    dir: Path
+    tarball: Path | None
+    manifest: dict
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({e.returncode}): {e.stderr.strip()[-2000:]}") from e
+
+
+def _apt_closure(packages: tuple[str, ...]) -> list[str]:
+    out = _run(
+        ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+         "--no-breaks", "--no-replaces", "--no-enhances", *packages]
+    ).stdout
+    # Virtual packages show as <name>; their providers are listed as well.
+    return sorted({line.strip() for line in out.splitlines() if line and not line.startswith((" ", "<"))})
+
+
+def download_debs(packages: tuple[str, ...], closure: bool) -> list[Path]:
+    """The .debs for packages (with their dependency closure), downloaded once into the cache."""
+    key = hashlib.sha256(json.dumps([SUITE, ARCH, sorted(packages), closure]).encode()).hexdigest()[:16]
+    dest = CACHE / "debs" / f"{SUITE}-{key}"
+    stamp = dest / ".complete"
+    if not stamp.exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        names = _apt_closure(packages) if closure else list(packages)
+        _run(["apt-get", "download", "-q", *names], cwd=dest)
+        stamp.write_text("\n".join(names) + "\n")
+    return sorted(dest.glob("*.deb"))
+
+
+def _deb_field(deb: Path, field: str) -> str:
+    return _run(["dpkg-deb", "--field", str(deb), field]).stdout.strip()
+
+
+def add_files(bundle: Path) -> dict[str, str]:
+    """Real binaries in the mirror layout files/<upstream-host>/<upstream-path>; returns versions."""
+    versions = {}
+    for deb in download_debs(tuple(FILE_PACKAGES), closure=False):
+        pkg = _deb_field(deb, "Package")
+        version = _deb_field(deb, "Version").split("-")[0].split("+")[0]
+        versions["etcd"] = f"v{version}"
+        with tempfile.TemporaryDirectory() as tmp:
+            _run(["dpkg-deb", "-x", str(deb), tmp])
+            src = Path(tmp) / FILE_PACKAGES[pkg]
+            dest = bundle / "files" / "github.com" / "etcd-io" / "etcd" / "releases" / "download" / f"v{version}" / src.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+            dest.chmod(0o644)
+    return versions
+
+
+def _gpg(home: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    return _run(["gpg", "--homedir", home, "--batch", "--yes", "--no-tty", *args], **kw)
+
+
+def add_apt_repo(bundle: Path) -> None:
+    """apt/dists/<suite> and apt/pool/<suite>, Release signed with a key made for this bundle (keys/bundle-apt.asc)."""
+    apt = bundle / "apt"
+    pool = apt / "pool" / SUITE / "main"
+    pool.mkdir(parents=True)
+    for deb in download_debs(APT_PACKAGES, closure=True):
+        shutil.copyfile(deb, pool / deb.name)
+    binary = apt / "dists" / SUITE / "main" / f"binary-{ARCH}"
+    binary.mkdir(parents=True)
+    packages = _run(["apt-ftparchive", "packages", f"pool/{SUITE}"], cwd=apt).stdout
+    (binary / "Packages").write_text(packages)
+    with gzip.open(binary / "Packages.gz", "wt") as f:
+        f.write(packages)
+    opts = {"Origin": "airgap.kubernetes", "Label": "airgap.kubernetes bundle", "Suite": SUITE,
+            "Codename": SUITE, "Architectures": ARCH, "Components": "main"}
+    release = _run(
+        ["apt-ftparchive", *[f"-oAPT::FTPArchive::Release::{k}={v}" for k, v in opts.items()], "release", "."],
+        cwd=apt / "dists" / SUITE,
+    ).stdout
+    (apt / "dists" / SUITE / "Release").write_text(release)
+    # A short homedir keeps gpg-agent's socket path under the 108-byte limit.
+    home = tempfile.mkdtemp(prefix="agpg-", dir="/tmp")
+    try:
+        _gpg(home, "--passphrase", "", "--quick-gen-key", "airgap.kubernetes bundle <bundle@airgap.invalid>",
+             "ed25519", "sign", "never")
+        keys = bundle / "keys"
+        keys.mkdir()
+        (keys / "bundle-apt.asc").write_text(_gpg(home, "--armor", "--export").stdout)
+        rel = apt / "dists" / SUITE
+        _gpg(home, "--clearsign", "-o", str(rel / "InRelease"), str(rel / "Release"))
+        _gpg(home, "--armor", "--detach-sign", "-o", str(rel / "Release.gpg"), str(rel / "Release"))
+    finally:
+        subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_images() -> dict[str, str]:
+    """Docker-daemon images built from Debian's static busybox; returns upstream ref -> local tag."""
+    busybox = Path(BUSYBOX)
+    if not busybox.exists():
+        raise RuntimeError(f"{BUSYBOX} is missing: apt-get install busybox-static")
+    digest = hashlib.sha256(busybox.read_bytes() + json.dumps(IMAGES).encode()).hexdigest()[:12]
+    tags = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        rootfs = Path(tmp) / "rootfs.tar"
+        with tarfile.open(rootfs, "w") as tar:
+            tar.add(busybox, arcname="bin/busybox")
+            for applet in ("sh", "sleep", "ls", "cat", "wget", "sha256sum"):
+                info = tarfile.TarInfo(f"bin/{applet}")
+                info.type, info.linkname, info.mtime = tarfile.SYMTYPE, "busybox", 0
+                tar.addfile(info)
+        for ref, change in IMAGES.items():
+            local = f"airgap-fixture/{ref.split('/')[-1].split(':')[0]}:{digest}"
+            if not _run(["docker", "images", "-q", local]).stdout.strip():
+                _run(["docker", "import", "--change", change, str(rootfs), local])
+            tags[ref] = local
+    return tags
+
+
+def add_registry(bundle: Path) -> dict[str, str]:
+    """Push the images into registry/ through a temporary docker-registry on loopback; returns ref -> digest."""
+    storage = bundle / bundlefmt.REGISTRY_DIR
+    storage.mkdir()
+    port = _free_port()
+    tags = _local_images()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.yml"
+        config.write_text(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {storage}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+        )
+        log = open(Path(tmp) / "registry.log", "w")
+        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError(f"docker-registry did not start: {(Path(tmp) / 'registry.log').read_text()}")
+                    time.sleep(0.1)
+            for ref, local in tags.items():
+                _run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+                      f"docker-daemon:{local}", f"docker://127.0.0.1:{port}/{ref}"])
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            log.close()
+    return {ref: bundlefmt.read_tag_digest(bundle, ref) for ref in tags}
+
+
+def make_tarball(bundle: Path, out: Path) -> Path:
+    """bundle.tar.gz with one top-level directory, and bundle.tar.gz.sha256 beside it (sha256sum format)."""
+    tarball = out / "bundle.tar.gz"
+    _run(["tar", "-C", str(bundle.parent), "-czf", str(tarball), bundle.name])
+    digest = bundlefmt.sha256_file(tarball)
+    (out / "bundle.tar.gz.sha256").write_text(f"{digest}  bundle.tar.gz\n")
+    return tarball
+
+
+def build_bundle(out: Path, tarball: bool = True) -> FixtureBundle:
+    """A fresh bundle under out/airgap-bundle (replacing any old one), plus its tarball when asked."""
+    out = Path(out)
+    bundle = out / BUNDLE_NAME
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    bundle.mkdir(parents=True)
+    versions = add_files(bundle)
+    add_apt_repo(bundle)
+    images = add_registry(bundle)
+    versions["busybox"] = "1.35.0"
+    manifest = bundlefmt.write_manifest(bundle, images=images, arches=[ARCH], apt_suites=[SUITE],
+                                        versions=versions, config={"source": "tests/bundle_fixture.py"})
+    return FixtureBundle(bundle, make_tarball(bundle, out) if tarball else None, manifest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="directory for airgap-bundle/ and bundle.tar.gz")
+    parser.add_argument("--no-tarball", action="store_true", help="leave the bundle unpacked only")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    result = build_bundle(args.out, tarball=not args.no_tarball)
+    print(json.dumps({
+        "bundle_dir": str(result.dir),
+        "tarball": str(result.tarball) if result.tarball else None,
+        "files": len(result.manifest["files"]),
+        "images": result.manifest["images"],
+        "seconds": round(time.monotonic() - started, 1),
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
