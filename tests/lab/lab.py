@@ -1,0 +1,786 @@
+"""The test lab: Debian node images and named labs of systemd nodes on docker, reached over SSH."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+IMAGE_DIR = HERE / "image"
+CACHE_DIR = Path(os.environ.get("AIRGAP_CACHE", Path.home() / ".cache" / "airgap-kubernetes")) / "lab"
+LAB_ROOT = Path(os.environ.get("AIRGAP_LAB_ROOT", REPO / ".lab"))
+
+RELEASES = ("bookworm", "trixie")
+DEFAULT_RELEASE = "bookworm"
+MIRROR = os.environ.get("AIRGAP_LAB_MIRROR", "http://deb.debian.org/debian")
+DEBOOTSTRAP_INCLUDE = (
+    "systemd,systemd-sysv,dbus,python3,openssh-server,sudo,iproute2,ca-certificates,gnupg,curl"
+)
+IMAGE_REPO = "airgap-lab-node"
+BASE_REPO = "airgap-lab-base"
+LABEL = "airgap.lab"
+# The lab's /24s come from here; the third octet is derived from the lab's name.
+LAB_SUPERNET = ipaddress.ip_network("172.30.0.0/16")
+BUNDLE_HOST_OCTET = 10
+FIRST_NODE_OCTET = 11
+MAX_NODES = 200
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
+
+# LAB.md "Running a node": --privileged fails on this host (no CAP_SYS_RESOURCE in the
+# bounding set), so every other capability is granted explicitly instead.
+NODE_RUN_FLAGS = (
+    "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+    "--security-opt", "seccomp=unconfined",
+    "--security-opt", "apparmor=unconfined",
+    "--security-opt", "systempaths=unconfined",
+    "--device-cgroup-rule", "a *:* rwm",
+    "--device", "/dev/kmsg",
+    "--cgroupns=private",
+    "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
+)
+
+SYSTEMD_TIMEOUT = 120.0
+SSH_TIMEOUT = 60.0
+
+
+class LabError(RuntimeError):
+    """A lab operation failed; the message names the problem and the fix."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _run(args: Sequence[str], *, check: bool = True, input: Optional[str] = None,
+         timeout: Optional[float] = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(args), input=input, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise LabError(f"command failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr.strip()}")
+    return proc
+
+
+def docker(*args: str, check: bool = True, input: Optional[str] = None,
+           timeout: Optional[float] = None) -> subprocess.CompletedProcess:
+    """Runs the docker CLI and returns the finished process."""
+    try:
+        return _run(("docker",) + args, check=check, input=input, timeout=timeout)
+    except FileNotFoundError as exc:
+        raise LabError("docker CLI not found: run `bash .ci/setup-host.sh`") from exc
+
+
+def _log(msg: str) -> None:
+    print(f"[lab] {msg}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    # Molecule scenarios and tests may ask for the same image at once; one builds, the rest wait.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def check_docker() -> None:
+    """Fails clearly when dockerd does not answer."""
+    if docker("info", "--format", "{{.ServerVersion}}", check=False).returncode != 0:
+        raise LabError("dockerd does not answer: run `bash .ci/setup-host.sh` (it starts dockerd)")
+
+
+# --------------------------------------------------------------------------- image
+
+def _check_release(release: str) -> None:
+    if release not in RELEASES:
+        raise LabError(f"release {release!r} is not supported: pick one of {', '.join(RELEASES)}")
+
+
+def debootstrap_args(release: str, rootfs: str) -> list[str]:
+    """The debootstrap command line for a release (LAB.md "Node image")."""
+    return ["debootstrap", "--variant=minbase", f"--include={DEBOOTSTRAP_INCLUDE}",
+            release, rootfs, MIRROR]
+
+
+def _debootstrap_key(release: str) -> str:
+    return hashlib.sha256(" ".join(debootstrap_args(release, "ROOTFS")).encode()).hexdigest()[:12]
+
+
+def recipe_hash(release: str) -> str:
+    """Hash of everything that defines a node image: debootstrap args and the recipe files."""
+    h = hashlib.sha256()
+    h.update(" ".join(debootstrap_args(release, "ROOTFS")).encode())
+    for path in sorted(IMAGE_DIR.iterdir()):
+        if path.is_file():
+            h.update(b"\0" + path.name.encode() + b"\0")
+            h.update(oct(path.stat().st_mode & 0o777).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def image_tag(release: str) -> str:
+    """The content-addressed tag of a release's node image."""
+    return f"{IMAGE_REPO}:{release}-{recipe_hash(release)}"
+
+
+def alias_tag(release: str) -> str:
+    """The stable tag molecule scenarios use; it points at the newest built recipe."""
+    return f"{IMAGE_REPO}:{release}"
+
+
+def _image_exists(tag: str) -> bool:
+    return docker("image", "inspect", "--format", "{{.Id}}", tag, check=False).returncode == 0
+
+
+def unmount_cgroups() -> list[str]:
+    """The cgroup v1 mount names the node image unmounts (tests/lab/image/unmount-cgroups)."""
+    lines = (IMAGE_DIR / "unmount-cgroups").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def host_cgroup_controllers() -> tuple[set[str], set[str]]:
+    """(controllers the kernel has, controllers the host mounts as cgroup v1)."""
+    known = set()
+    for line in Path("/proc/cgroups").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 4 and fields[3] == "1":
+            known.add(fields[0])
+    mounted = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        pre, _, post = line.partition(" - ")
+        fstype, _, rest = post.partition(" ")
+        if fstype == "cgroup":
+            opts = rest.split(" ")[-1].split(",")
+            mounted.update(o for o in opts if o in known)
+    return known, mounted
+
+
+def check_unmount_list() -> Optional[str]:
+    """A warning when the image's unmount list does not match what this host leaves unmounted."""
+    known, mounted = host_cgroup_controllers()
+    listed = {c for name in unmount_cgroups() for c in name.split(",")}
+    expected = known - mounted
+    if listed == expected:
+        return None
+    return (f"tests/lab/image/unmount-cgroups lists {sorted(listed)} but this host leaves "
+            f"{sorted(expected)} unmounted: update the file so nodes unmount exactly those")
+
+
+def _ensure_rootfs(release: str) -> Path:
+    tarball = CACHE_DIR / f"rootfs-{release}-{_debootstrap_key(release)}.tar"
+    if tarball.exists():
+        return tarball
+    if shutil.which("debootstrap") is None:
+        raise LabError("debootstrap is not installed: run `bash .ci/setup-host.sh`")
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"rootfs-{release}-", dir=CACHE_DIR))
+    try:
+        rootfs = work / "rootfs"
+        _log(f"debootstrap {release} (about 80 s)")
+        t0 = time.monotonic()
+        proc = subprocess.run(debootstrap_args(release, str(rootfs)), capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+            raise LabError(f"debootstrap {release} from {MIRROR} failed; check that the mirror "
+                           f"answers (set AIRGAP_LAB_MIRROR to use another):\n{tail}")
+        # apt's downloaded .debs are a third of the rootfs and no node needs them.
+        for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):
+            deb.unlink()
+        partial = work / "rootfs.tar"
+        _run(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", str(partial), "."])
+        partial.rename(tarball)
+        _log(f"debootstrap {release} done in {time.monotonic() - t0:.0f} s: {tarball}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return tarball
+
+
+def _ensure_base(release: str) -> str:
+    tag = f"{BASE_REPO}:{release}-{_debootstrap_key(release)}"
+    if _image_exists(tag):
+        return tag
+    tarball = _ensure_rootfs(release)
+    with open(tarball, "rb") as fh:
+        proc = subprocess.run(["docker", "import", "-", tag], stdin=fh, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"docker import of {tarball} failed: {proc.stderr.strip()}\n"
+                       f"delete the tarball to rebuild it from debootstrap")
+    return tag
+
+
+def ensure_image(release: str = DEFAULT_RELEASE) -> str:
+    """Builds the node image for a release unless its recipe's tag exists; returns the tag."""
+    _check_release(release)
+    check_docker()
+    tag = image_tag(release)
+    with _file_lock(CACHE_DIR / f"image-{release}.lock"):
+        if not _image_exists(tag):
+            warning = check_unmount_list()
+            if warning:
+                _log(f"warning: {warning}")
+            base = _ensure_base(release)
+            _log(f"building {tag} from {base}")
+            # The legacy builder: the Debian docker.io CLI here has no buildx, and FROM a local
+            # image must not try a registry.
+            env = dict(os.environ, DOCKER_BUILDKIT="0")
+            proc = subprocess.run(
+                ["docker", "build", "-q", "--build-arg", f"BASE={base}",
+                 "--label", f"airgap.lab.recipe={recipe_hash(release)}", "-t", tag, str(IMAGE_DIR)],
+                capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise LabError(f"building {tag} failed:\n{proc.stdout}{proc.stderr}")
+        docker("tag", tag, alias_tag(release))
+    return tag
+
+
+# --------------------------------------------------------------------------- lab plan
+
+@dataclasses.dataclass
+class Host:
+    """One container of a lab: a node or the bundle host."""
+    name: str       # inventory name: node1.., bundle
+    container: str
+    ip: str
+    volume: str
+
+
+@dataclasses.dataclass
+class Lab:
+    """What a lab is made of; saved as .lab/NAME/lab.json and read back by `down`."""
+    name: str
+    release: str
+    image: str
+    network: str
+    subnet: str
+    internal: bool
+    hosts: list[Host]
+    control_planes: list[str]
+    etcd: list[str]
+    kube_node: list[str]
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return lab_dir(self.name)
+
+    @property
+    def key(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    @property
+    def nodes(self) -> list[Host]:
+        return [h for h in self.hosts if h.name != "bundle"]
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name or h.container == name:
+                return h
+        raise LabError(f"lab {self.name} has no host {name!r}: pick one of "
+                       f"{', '.join(h.name for h in self.hosts)}")
+
+    def ssh_args(self, host: str) -> list[str]:
+        """The ssh command line (without a remote command) that reaches a host of this lab."""
+        return ["ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+                "-o", f"UserKnownHostsFile={self.dir / 'known_hosts'}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR",
+                f"root@{self.host(host).ip}"]
+
+
+def check_name(name: str) -> None:
+    """Lab names become container, volume and directory names, so they are kept plain."""
+    if not NAME_RE.match(name):
+        raise LabError(f"lab name {name!r} is not allowed: use 1-30 characters a-z, 0-9 and '-', "
+                       f"starting with a letter or digit")
+
+
+def lab_dir(name: str) -> Path:
+    """Where a lab's key, inventory and lab.json live."""
+    check_name(name)
+    return LAB_ROOT / name
+
+
+def subnet_for(name: str) -> ipaddress.IPv4Network:
+    """The lab's /24: the same every time for the same name."""
+    octet = int(hashlib.sha256(name.encode()).hexdigest(), 16) % 256
+    return ipaddress.ip_network(f"{LAB_SUPERNET.network_address + octet * 256}/24")
+
+
+def _docker_subnets() -> dict[str, list[ipaddress.IPv4Network]]:
+    ids = docker("network", "ls", "-q").stdout.split()
+    if not ids:
+        return {}
+    fmt = "{{.Name}}|{{range .IPAM.Config}}{{.Subnet}} {{end}}"
+    out: dict[str, list[ipaddress.IPv4Network]] = {}
+    for line in docker("network", "inspect", "--format", fmt, *ids).stdout.splitlines():
+        name, _, subnets = line.partition("|")
+        nets = []
+        for s in subnets.split():
+            try:
+                net = ipaddress.ip_network(s, strict=False)
+            except ValueError:
+                continue
+            if net.version == 4:
+                nets.append(net)
+        out[name] = nets
+    return out
+
+
+def _host_routes() -> list[tuple[str, ipaddress.IPv4Network]]:
+    routes = []
+    for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+        f = line.split()
+        if len(f) < 8 or f[1] == "00000000":
+            continue
+        dest = ipaddress.IPv4Address(bytes.fromhex(f[1])[::-1])
+        mask = ipaddress.IPv4Address(bytes.fromhex(f[7])[::-1])
+        routes.append((f[0], ipaddress.ip_network(f"{dest}/{mask}", strict=False)))
+    return routes
+
+
+def check_subnet_free(name: str, subnet: ipaddress.IPv4Network) -> None:
+    """Fails when another docker network or a host route already uses the lab's subnet."""
+    for net_name, nets in _docker_subnets().items():
+        for net in nets:
+            if net.overlaps(subnet):
+                raise LabError(
+                    f"lab {name} needs subnet {subnet}, but docker network {net_name!r} uses {net}: "
+                    f"remove that network (`python3 tests/lab/lab.py down ...` if it is a lab) "
+                    f"or pick another lab name (the subnet is derived from the name)")
+    for iface, net in _host_routes():
+        if iface.startswith(("br-", "docker")):
+            continue  # docker's own bridges were checked above, by network
+        if net.overlaps(subnet) and net.prefixlen > 0:
+            raise LabError(f"lab {name} needs subnet {subnet}, but the host routes {net} via "
+                           f"{iface}: pick another lab name (the subnet is derived from the name)")
+
+
+def plan(name: str, nodes: int, release: str = DEFAULT_RELEASE, internal: bool = False,
+         control_planes: int = 1, etcd: Optional[int] = None, image: str = "") -> Lab:
+    """Decides names, addresses and inventory groups for a lab, without touching docker."""
+    check_name(name)
+    _check_release(release)
+    if not 1 <= nodes <= MAX_NODES:
+        raise LabError(f"--nodes {nodes} is out of range: use 1..{MAX_NODES}")
+    if not 1 <= control_planes <= nodes:
+        raise LabError(f"--control-planes {control_planes} must be between 1 and --nodes ({nodes})")
+    if etcd is None:
+        etcd = 3 if nodes >= 3 else 1
+    if not 1 <= etcd <= nodes or etcd % 2 == 0:
+        raise LabError(f"--etcd {etcd} must be odd (so the cluster keeps a quorum) and at most "
+                       f"--nodes ({nodes})")
+    subnet = subnet_for(name)
+    base = subnet.network_address
+
+    def host(inv: str, octet: int) -> Host:
+        return Host(inv, f"{name}-{inv}", str(base + octet), f"{name}-{inv}-containerd")
+
+    hosts = [host(f"node{i}", FIRST_NODE_OCTET + i - 1) for i in range(1, nodes + 1)]
+    hosts.append(host("bundle", BUNDLE_HOST_OCTET))
+    names = [h.name for h in hosts[:nodes]]
+    workers = names[control_planes:] or names
+    return Lab(name=name, release=release, image=image, network=f"airgap-lab-{name}",
+               subnet=str(subnet), internal=internal, hosts=hosts,
+               control_planes=names[:control_planes], etcd=names[:etcd], kube_node=workers)
+
+
+# --------------------------------------------------------------------------- files
+
+def _group(hosts: list[str], indent: str) -> str:
+    if not hosts:
+        return "{hosts: {}}"
+    return "\n" + indent + "hosts:\n" + "".join(f"{indent}  {h}: {{}}\n" for h in hosts).rstrip("\n")
+
+
+def render_hosts_yml(lab: Lab) -> str:
+    """The lab's inventory in kubespray's groups."""
+    lines = [f"# Lab {lab.name}: written by tests/lab/lab.py; removed by `lab.py down {lab.name}`.",
+             "all:", "  hosts:"]
+    for h in lab.nodes + [lab.host("bundle")]:
+        lines.append(f"    {h.name}: {{ansible_host: {h.ip}, ip: {h.ip}}}")
+    lines += [
+        "  children:",
+        "    bundle_server:" + _group(["bundle"], " " * 6),
+        "    bastion: {hosts: {}}",
+        "    kube_control_plane:" + _group(lab.control_planes, " " * 6),
+        "    etcd:" + _group(lab.etcd, " " * 6),
+        "    kube_node:" + _group(lab.kube_node, " " * 6),
+        "    k8s_cluster:",
+        "      children:",
+        "        kube_control_plane: {}",
+        "        kube_node: {}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_lab_vars(lab: Lab) -> str:
+    """group_vars/all/lab.yml: how to reach the nodes, and what the lab's host forces on them."""
+    known_hosts = lab.dir / "known_hosts"
+    cgroups = "".join(f'  - "{c}"\n' for c in unmount_cgroups())
+    return f"""\
+# Lab {lab.name}: written by tests/lab/lab.py. Settings only a lab on this kind of host needs;
+# each says why (see LAB.md). Production inventories leave them at their defaults.
+ansible_user: root
+ansible_ssh_private_key_file: {lab.key}
+# Host keys are made per node at first boot; this file holds the ones lab.py collected.
+ansible_ssh_common_args: "-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes"
+ansible_python_interpreter: /usr/bin/python3
+airgap_lab: true
+
+# Nodes lack CAP_SYS_RESOURCE; without this every pod sandbox fails with
+# "can't get final child's PID from pipe".
+containerd_restrict_oom_score_adj: true
+# nf_conntrack_max is read-only inside a container's network namespace.
+kube_proxy_conntrack_max_per_core: 0
+# The host kernel has no IPVS.
+kube_proxy_mode: iptables
+# Nodes share the host's swap setting and cannot change it.
+kubelet_fail_swap_on: false
+# crictl is not obtainable here (kubeadm's preflight needs it), and CoreDNS's image is not
+# either; the collection deploys DNS itself.
+kubeadm_skip_phases:
+  - preflight
+  - addon/coredns
+# A worker join runs preflight; crictl is its only missing piece.
+kubeadm_ignore_preflight_errors:
+  - FileExisting-crictl
+# Calico, Cilium and flannel images are not obtainable here; Debian's CNI plugins are.
+kube_network_plugin: bridge
+# The only Kubernetes the lab can build offline (Debian's source package).
+kube_version: v1.20.2
+# Hierarchies the host does not mount would be one tree shared by every node's kubelet.
+lab_unmount_cgroups:
+{cgroups}"""
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def save(lab: Lab) -> None:
+    """Writes lab.json, so that `down` knows what to remove even after a failed `up`."""
+    data = dataclasses.asdict(lab)
+    _write(lab.dir / "lab.json", json.dumps(data, indent=2) + "\n")
+
+
+def load(name: str) -> Lab:
+    """Reads a lab's lab.json."""
+    path = lab_dir(name) / "lab.json"
+    if not path.exists():
+        raise LabError(f"lab {name} does not exist here ({path} is missing): "
+                       f"`python3 tests/lab/lab.py list` shows the labs")
+    data = json.loads(path.read_text())
+    data["hosts"] = [Host(**h) for h in data["hosts"]]
+    return Lab(**data)
+
+
+def write_inventory(lab: Lab) -> Path:
+    """Writes inventory/hosts.yml and inventory/group_vars/all/lab.yml; returns the inventory dir."""
+    inv = lab.dir / "inventory"
+    _write(inv / "hosts.yml", render_hosts_yml(lab))
+    _write(inv / "group_vars" / "all" / "lab.yml", render_lab_vars(lab))
+    return inv
+
+
+def _make_key(lab: Lab) -> str:
+    if not lab.key.exists():
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"airgap-lab-{lab.name}",
+              "-f", str(lab.key)])
+    return Path(str(lab.key) + ".pub").read_text()
+
+
+# --------------------------------------------------------------------------- up
+
+def _start_host(lab: Lab, host: Host, pubkey: str) -> None:
+    labels = ("--label", f"{LABEL}={lab.name}", "--label", f"{LABEL}.host={host.name}")
+    # Created with the label first: `docker run -v` would make an unlabelled volume that
+    # `down` could not tell apart from someone else's.
+    docker("volume", "create", *labels, host.volume)
+    docker("run", "-d", "--name", host.container, "--hostname", host.name,
+           "--network", lab.network, "--ip", host.ip, "--network-alias", host.name,
+           *labels, *NODE_RUN_FLAGS, "-v", f"{host.volume}:/var/lib/containerd", lab.image)
+    # `docker cp` cannot be used: it writes below the tmpfs mounts and /root/.ssh must persist.
+    docker("exec", "-i", host.container, "sh", "-c",
+           "umask 077 && mkdir -p /root/.ssh && cat > /root/.ssh/authorized_keys", input=pubkey)
+
+
+def _wait_systemd(host: Host, deadline: float) -> str:
+    state = ""
+    while time.monotonic() < deadline:
+        proc = docker("exec", host.container, "systemctl", "is-system-running", check=False)
+        state = proc.stdout.strip()
+        if state in ("running", "degraded", "maintenance", "stopping"):
+            break
+        time.sleep(0.1)
+    else:
+        raise LabError(f"{host.container}: systemd still {state or 'not answering'} after "
+                       f"{SYSTEMD_TIMEOUT:.0f} s: `docker logs {host.container}` shows the boot")
+    if state != "running":
+        failed = docker("exec", host.container, "systemctl", "--failed", "--no-legend", "--plain",
+                        check=False).stdout.strip()
+        _log(f"{host.container}: systemd is {state}; failed units:\n{failed}")
+        if state != "degraded":
+            raise LabError(f"{host.container}: systemd is {state}: "
+                           f"`docker exec -it {host.container} journalctl -b` shows why")
+    return state
+
+
+def _host_keys(host: Host) -> str:
+    proc = docker("exec", host.container, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub")
+    return "".join(f"{host.ip} {' '.join(ln.split()[:2])}\n"
+                   for ln in proc.stdout.splitlines() if ln.strip())
+
+
+def _wait_ssh(lab: Lab, host: Host, deadline: float) -> None:
+    last = ""
+    while time.monotonic() < deadline:
+        proc = subprocess.run(lab.ssh_args(host.name) + ["true"], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return
+        last = proc.stderr.strip()
+        time.sleep(0.1)
+    raise LabError(f"{host.container}: SSH with {lab.key} did not answer at {host.ip} within "
+                   f"{SSH_TIMEOUT:.0f} s: {last}")
+
+
+@dataclasses.dataclass
+class _HostResult:
+    state: str
+    systemd_at: float
+    ssh_at: float
+
+
+def up(name: str, nodes: int, release: str = DEFAULT_RELEASE, internal: bool = False,
+       control_planes: int = 1, etcd: Optional[int] = None) -> Lab:
+    """Creates a lab and returns it once every host runs systemd and answers SSH with the key."""
+    check_docker()
+    lab = plan(name, nodes, release, internal, control_planes, etcd)
+    if (lab.dir / "lab.json").exists() or _labelled("network", name):
+        raise LabError(f"lab {name} already exists: `python3 tests/lab/lab.py down {name}` first")
+    lab.image = ensure_image(release)
+    check_subnet_free(name, ipaddress.ip_network(lab.subnet))
+    lab.dir.mkdir(parents=True, exist_ok=True)
+    save(lab)
+    pubkey = _make_key(lab)
+    net_args = ["network", "create", "--driver", "bridge", "--subnet", lab.subnet,
+                "--gateway", str(ipaddress.ip_network(lab.subnet).network_address + 1),
+                "--label", f"{LABEL}={name}"]
+    if internal:
+        net_args.append("--internal")
+    docker(*net_args, lab.network)
+
+    t0 = time.monotonic()
+
+    def bring_up(host: Host) -> _HostResult:
+        _start_host(lab, host, pubkey)
+        state = _wait_systemd(host, time.monotonic() + SYSTEMD_TIMEOUT)
+        systemd_at = time.monotonic() - t0
+        keys = _host_keys(host)
+        with _file_lock(lab.dir / ".known_hosts.lock"):
+            with open(lab.dir / "known_hosts", "a") as fh:
+                fh.write(keys)
+        _wait_ssh(lab, host, time.monotonic() + SSH_TIMEOUT)
+        return _HostResult(state, systemd_at, time.monotonic() - t0)
+
+    with ThreadPoolExecutor(max_workers=min(len(lab.hosts), 32)) as pool:
+        futures = [pool.submit(bring_up, h) for h in lab.hosts]
+        errors = []
+        results = []
+        for fut in futures:
+            try:
+                results.append(fut.result())
+            except Exception as exc:  # collect every host's failure, not just the first
+                errors.append(str(exc))
+    if errors:
+        raise LabError(f"lab {name} did not come up ({len(errors)} of {len(lab.hosts)} hosts "
+                       f"failed); `python3 tests/lab/lab.py down {name}` removes it:\n"
+                       + "\n".join(errors))
+    lab.timings = {"systemd_running_seconds": round(max(r.systemd_at for r in results), 2),
+                   "ssh_answering_seconds": round(max(r.ssh_at for r in results), 2)}
+    write_inventory(lab)
+    save(lab)
+    return lab
+
+
+# --------------------------------------------------------------------------- down
+
+def _labelled(kind: str, name: str) -> list[str]:
+    """Names of containers, volumes or networks labelled as belonging to lab `name`."""
+    fmt = "{{.Names}}" if kind == "container" else "{{.Name}}"
+    args = ["ps", "-a"] if kind == "container" else [kind, "ls"]
+    out = docker(*args, "--filter", f"label={LABEL}={name}", "--format", fmt).stdout
+    return [n for n in out.split() if n]
+
+
+@dataclasses.dataclass
+class DownReport:
+    """What `down` removed, and what it left because it did not carry the lab's label."""
+    containers: list[str]
+    volumes: list[str]
+    networks: list[str]
+    left: list[str]
+    seconds: float
+
+
+def down(name: str) -> DownReport:
+    """Removes the lab's containers, volumes, network and directory; nothing without its label."""
+    check_name(name)
+    check_docker()
+    t0 = time.monotonic()
+    containers = _labelled("container", name)
+    if containers:
+        docker("rm", "-f", *containers)
+    volumes = _labelled("volume", name)
+    if volumes:
+        docker("volume", "rm", "-f", *volumes)
+    networks = _labelled("network", name)
+    if networks:
+        docker("network", "rm", *networks)
+    left = []
+    path = lab_dir(name)
+    if (path / "lab.json").exists():
+        try:
+            lab = load(name)
+        except (ValueError, TypeError, KeyError):
+            lab = None
+        if lab is not None:
+            # Names the lab would have used that exist without its label belong to someone else.
+            for kind, objs in (("container", [h.container for h in lab.hosts]),
+                               ("volume", [h.volume for h in lab.hosts]),
+                               ("network", [lab.network])):
+                for obj in objs:
+                    if docker(kind, "inspect", obj, check=False).returncode == 0:
+                        left.append(f"{kind} {obj}")
+    if left:
+        _log(f"left in place, not labelled {LABEL}={name}: {', '.join(left)}")
+    if path.exists():
+        shutil.rmtree(path)
+    return DownReport(containers, volumes, networks, left, round(time.monotonic() - t0, 2))
+
+
+def list_labs() -> list[dict]:
+    """Every lab known by its directory or by labelled docker objects."""
+    names = set()
+    if LAB_ROOT.exists():
+        names.update(p.name for p in LAB_ROOT.iterdir() if (p / "lab.json").exists())
+    out = docker("ps", "-a", "--filter", f"label={LABEL}", "--format",
+                 f'{{{{.Label "{LABEL}"}}}}').stdout
+    names.update(n for n in out.split() if n)
+    out = docker("network", "ls", "--filter", f"label={LABEL}", "--format",
+                 f'{{{{.Label "{LABEL}"}}}}').stdout
+    names.update(n for n in out.split() if n)
+    labs = []
+    for name in sorted(names):
+        try:
+            lab = load(name)
+            info = {"name": name, "nodes": len(lab.nodes), "release": lab.release,
+                    "subnet": lab.subnet, "internal": lab.internal}
+        except LabError:
+            info = {"name": name, "nodes": None, "release": None, "subnet": None,
+                    "internal": None, "note": "no lab.json (partial); `down` removes it"}
+        running = docker("ps", "--filter", f"label={LABEL}={name}", "-q").stdout.split()
+        info["running"] = len(running)
+        labs.append(info)
+    return labs
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    tag = ensure_image(args.release)
+    _log(f"image ready in {time.monotonic() - t0:.1f} s (alias {alias_tag(args.release)})")
+    print(tag)
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    lab = up(args.name, args.nodes, args.release, args.internal, args.control_planes, args.etcd)
+    print(f"lab {lab.name}: {len(lab.nodes)} nodes + bundle on {lab.network} ({lab.subnet}"
+          f"{', internal' if lab.internal else ''})")
+    for h in lab.hosts:
+        print(f"  {h.name:8} {h.ip:15} {h.container}")
+    print(f"systemd running on all hosts after {lab.timings['systemd_running_seconds']} s, "
+          f"SSH answering after {lab.timings['ssh_answering_seconds']} s")
+    print(f"inventory: {lab.dir / 'inventory'}")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    rep = down(args.name)
+    print(f"lab {args.name} removed in {rep.seconds} s: {len(rep.containers)} containers, "
+          f"{len(rep.volumes)} volumes, {len(rep.networks)} networks")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    labs = list_labs()
+    if not labs:
+        print("no labs")
+    for lab in labs:
+        extra = f"  {lab['note']}" if "note" in lab else ""
+        print(f"{lab['name']:20} nodes={lab['nodes']} running={lab['running']} "
+              f"release={lab['release']} subnet={lab['subnet']} internal={lab['internal']}{extra}")
+    return 0
+
+
+def _cmd_ssh(args: argparse.Namespace) -> int:
+    lab = load(args.name)
+    cmd = lab.ssh_args(args.node)
+    if sys.stdin.isatty() and not args.cmd:
+        cmd.insert(1, "-t")
+    os.execvp("ssh", cmd + list(args.cmd))
+    return 0  # not reached
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The lab's command line: image, up, down, list, ssh."""
+    p = argparse.ArgumentParser(prog="lab.py", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("image", help="build (or find cached) the node image; print its tag")
+    s.add_argument("--release", default=DEFAULT_RELEASE, choices=RELEASES)
+    s.set_defaults(func=_cmd_image)
+    s = sub.add_parser("up", help="create lab NAME: N nodes + a bundle host, SSH key, inventory")
+    s.add_argument("name")
+    s.add_argument("--nodes", type=int, required=True)
+    s.add_argument("--release", default=DEFAULT_RELEASE, choices=RELEASES)
+    s.add_argument("--internal", action="store_true",
+                   help="docker network without a route out (proves nothing is downloaded)")
+    s.add_argument("--control-planes", type=int, default=1)
+    s.add_argument("--etcd", type=int, default=None, help="default: 3 if nodes >= 3, else 1")
+    s.set_defaults(func=_cmd_up)
+    s = sub.add_parser("down", help="remove lab NAME: its containers, volumes, network and keys")
+    s.add_argument("name")
+    s.set_defaults(func=_cmd_down)
+    s = sub.add_parser("list", help="list labs")
+    s.set_defaults(func=_cmd_list)
+    s = sub.add_parser("ssh", help="ssh into a host of a lab (node1.., bundle)")
+    s.add_argument("name")
+    s.add_argument("node")
+    s.add_argument("cmd", nargs=argparse.REMAINDER)
+    s.set_defaults(func=_cmd_ssh)
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except LabError as exc:
+        print(f"lab.py {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
