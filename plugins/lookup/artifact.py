@@ -81,6 +81,8 @@ from ansible_collections.airgap.kubernetes.plugins.module_utils import config as
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
 
 COLLECTION = Path(__file__).resolve().parents[2]
+# Read from the call itself: the resolver validates their values with messages that list the valid ones.
+OPTIONS = ("kind", "group", "arch", "mode", "os_family")
 
 
 class LookupModule(LookupBase):
@@ -88,7 +90,10 @@ class LookupModule(LookupBase):
         defaults = cfg.load_defaults(COLLECTION)
         catalog = variables.get("airgap_catalog") or defaults["airgap_catalog"]
         config = dict(defaults)
-        for key in resolver.config_keys(catalog) | {"catalog_overlay_files", "catalog_overlay", "airgap_mode"}:
+        keys = resolver.config_keys(catalog) | {"catalog_overlay_files", "catalog_overlay", "airgap_mode"}
+        # A default such as files_repo refers to other knobs (bundle_server_host): the host's values of those count.
+        keys |= {name for key in keys for name in cfg.template_names(defaults.get(key))}
+        for key in keys:
             if key in variables:
                 config[key] = self._templar.template(variables[key])
         config["airgap_catalog"] = catalog
@@ -96,21 +101,23 @@ class LookupModule(LookupBase):
 
     def run(self, terms, variables=None, **kwargs):
         variables = variables or {}
-        self.set_options(var_options=variables, direct=kwargs)
+        unknown = sorted(set(kwargs) - set(OPTIONS))
+        if unknown:
+            raise AnsibleLookupError(f"airgap.kubernetes.artifact has no option {unknown[0]!r}: use {', '.join(OPTIONS)}")
         try:
             config = self._config(variables)
             catalog = resolver.apply_overlays(config["airgap_catalog"],
                                               cfg.load_overlays(config, variables.get("inventory_dir")))
-            arch = self.get_option("arch") or variables.get("ansible_architecture") or \
+            arch = kwargs.get("arch") or variables.get("ansible_architecture") or \
                 (variables.get("ansible_facts") or {}).get("architecture")
             if not arch:
                 raise resolver.CatalogError("the host's arch is unknown: gather facts first, or pass arch=amd64")
-            mode = self.get_option("mode") or config.get("airgap_mode") or "offline"
-            family = self.get_option("os_family") or str(variables.get("ansible_os_family") or "debian").lower()
+            mode = kwargs.get("mode") or config.get("airgap_mode") or "offline"
+            family = kwargs.get("os_family") or str(variables.get("ansible_os_family") or "debian").lower()
             if terms:
                 return [resolver.resolve_one(catalog, config, str(t), arch, mode, family).to_dict() for t in terms]
-            group = self.get_option("group")
-            return [a.to_dict() for a in resolver.resolve(catalog, config, arch, mode, self.get_option("kind"), family)
+            group = kwargs.get("group")
+            return [a.to_dict() for a in resolver.resolve(catalog, config, arch, mode, kwargs.get("kind"), family)
                     if not group or group in a.groups]
         except resolver.CatalogError as exc:
             raise AnsibleLookupError(str(exc)) from None

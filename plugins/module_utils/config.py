@@ -1,7 +1,6 @@
 """Reads an inventory's cluster config (group_vars, inventory vars, extra vars) and its catalog overlays, without Ansible."""
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from pathlib import Path
@@ -16,8 +15,9 @@ _YAML_SUFFIXES = (".yml", ".yaml", ".json")
 _SIMPLE_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads Ansible's tags: a vault secret is opaque here, and !unsafe is a plain string."""
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """SafeLoader (libyaml's when present: the catalog is large) that reads Ansible's tags:
+    a vault secret is opaque here, and !unsafe is a plain string."""
 
 
 def _opaque(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
@@ -102,11 +102,11 @@ def parse_extra_vars(items: Optional[list], base: Path = Path(".")) -> dict:
         item = item.strip()
         if item.startswith("@"):
             data = _vars_file((base / item[1:]).expanduser())
-        elif item.startswith("{"):
+        elif item.startswith(("{", "[")):
             try:
-                data = json.loads(item)
-            except ValueError:
-                data = yaml.load(item, Loader=_Loader)  # noqa: S506
+                data = yaml.load(item, Loader=_Loader)  # noqa: S506 - JSON is YAML too
+            except yaml.YAMLError:
+                raise CatalogError(f"extra vars {item!r} are neither JSON nor YAML") from None
         else:
             data = {}
             for pair in shlex.split(item):
@@ -118,6 +118,11 @@ def parse_extra_vars(items: Optional[list], base: Path = Path(".")) -> dict:
             raise CatalogError(f"extra vars {item!r} must be a mapping")
         merged.update(data)
     return merged
+
+
+def template_names(value: Any) -> list:
+    """The variables a string refers to as plain `{{ name }}`."""
+    return _SIMPLE_TEMPLATE.findall(value) if isinstance(value, str) else []
 
 
 def expand_simple_templates(config: Mapping, limit: int = 10) -> dict:

@@ -1,0 +1,113 @@
+"""Specification of the lookup and filter plugins: documented for ansible-doc, and thin shells over the resolver."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from ansible.errors import AnsibleFilterError, AnsibleLookupError
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar
+
+from ansible_collections.airgap.kubernetes.plugins.filter.mirror import FilterModule
+from ansible_collections.airgap.kubernetes.plugins.lookup.artifact import LookupModule
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(os.environ.get("AIRGAP_VENV", Path.home() / ".cache" / "airgap-kubernetes" / "venv")) / "bin"
+FILTERS = FilterModule().filters()
+
+
+def ansible(tool, *args):
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    exe = VENV_BIN / tool if (VENV_BIN / tool).exists() else tool
+    return subprocess.run([str(exe), *args], cwd=REPO, env=env, capture_output=True, text=True, check=False)
+
+
+def lookup(terms=(), variables=None, **kwargs):
+    loader = DataLoader()
+    plugin = LookupModule(loader=loader, templar=Templar(loader=loader))
+    return plugin.run(list(terms), variables={"ansible_architecture": "x86_64", **(variables or {})}, **kwargs)
+
+
+def test_ansible_doc_shows_the_artifact_lookup():
+    proc = ansible("ansible-doc", "-t", "lookup", "airgap.kubernetes.artifact")
+    assert proc.returncode == 0, proc.stderr
+    assert "Resolves catalog entries" in proc.stdout and "EXAMPLES" in proc.stdout and "RETURN" in proc.stdout
+
+
+def test_ansible_doc_lists_the_four_mirror_filters():
+    proc = ansible("ansible-doc", "-t", "filter", "-l", "airgap.kubernetes")
+    names = {line.split()[0] for line in proc.stdout.splitlines() if line.startswith("airgap.")}
+    assert {f"airgap.kubernetes.{n}" for n in ("mirror_image", "upstream_image", "mirror_url", "upstream_url")} <= names
+
+
+def test_ansible_doc_shows_a_filters_options_examples_and_return():
+    proc = ansible("ansible-doc", "-t", "filter", "--json", "airgap.kubernetes.mirror_image")
+    doc = json.loads(proc.stdout)["airgap.kubernetes.mirror_image"]
+    assert set(doc["doc"]["options"]) == {"_input", "registry_host", "flatten_project"}
+    assert doc["examples"] and doc["return"]["_value"]["type"] == "str"
+
+
+def test_the_lookup_runs_in_a_real_ansible_task():
+    proc = ansible("ansible", "localhost", "-i", "localhost,", "-c", "local", "-m", "ansible.builtin.debug",
+                   "-a", "msg={{ lookup('airgap.kubernetes.artifact', 'pause', arch='arm64').ref }}"
+                         "|{{ 'quay.io/a/b:1' | airgap.kubernetes.mirror_image(registry_host) }}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert '"msg": "bootstrap:5000/registry.k8s.io/pause:3.10.2|bootstrap:5000/quay.io/a/b:1"' in proc.stdout
+
+
+def test_the_lookup_resolves_a_term_for_the_hosts_arch():
+    [etcd] = lookup(["etcd"], mode="upstream")
+    assert etcd["url"].endswith("etcd-v3.6.14-linux-amd64.tar.gz") and etcd["sha256"]
+
+
+def test_the_lookup_reads_the_hosts_vars():
+    [etcd] = lookup(["etcd"], {"etcd_version": "3.6.10", "bundle_server_host": "bundle"})
+    assert etcd["url"] == "https://bundle:8443/files/github.com/etcd-io/etcd/releases/download/v3.6.10/etcd-v3.6.10-linux-amd64.tar.gz"
+
+
+def test_the_lookup_without_terms_lists_enabled_artifacts_of_a_kind_and_group():
+    names = {a["name"] for a in lookup(kind="image", group="kube_control_plane")}
+    assert names == {"kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+
+
+def test_the_lookup_names_packages_for_the_hosts_os_family():
+    [nfs] = lookup(["nfs-client"], {"ansible_os_family": "RedHat"})
+    assert nfs["package"] == "nfs-utils"
+
+
+def test_the_lookup_applies_overlays_relative_to_the_inventory():
+    inventory = Path(__file__).parent / "fixtures" / "resolver" / "inventory"
+    variables = {"kube_version": "v1.20.2", "inventory_dir": str(inventory),
+                 "catalog_overlay_files": ["overlays/lab-overlay-v1.20.2.yml"]}
+    assert lookup(["kubelet"], variables)[0]["version"] == "1.20.2"
+
+
+def test_a_catalog_error_fails_the_lookup_with_its_message():
+    with pytest.raises(AnsibleLookupError, match="kube_network_plugin 'weave' is not supported"):
+        lookup(["etcd"], {"kube_network_plugin": "weave"})
+
+
+def test_the_lookup_asks_for_facts_when_the_arch_is_unknown():
+    with pytest.raises(AnsibleLookupError, match="gather facts first, or pass arch=amd64"):
+        lookup(["etcd"], {"ansible_architecture": ""})
+
+
+def test_filters_map_an_image_to_the_mirror_and_back():
+    mirrored = FILTERS["mirror_image"]("registry.k8s.io/pause:3.10.2", "bundle:5000", "airgap")
+    assert FILTERS["upstream_image"](mirrored, "bundle:5000", "airgap") == "registry.k8s.io/pause:3.10.2"
+
+
+def test_filters_map_a_url_to_the_mirror_and_back():
+    mirrored = FILTERS["mirror_url"]("https://get.helm.sh/helm-v3.18.4-linux-amd64.tar.gz", "https://b/files")
+    assert FILTERS["upstream_url"](mirrored, "https://b/files") == "https://get.helm.sh/helm-v3.18.4-linux-amd64.tar.gz"
+
+
+def test_a_filter_reports_input_outside_the_layout_as_a_filter_error():
+    with pytest.raises(AnsibleFilterError, match="is not under files_repo"):
+        FILTERS["upstream_url"]("https://elsewhere/x", "https://b/files")
+
+
+def test_the_lookup_refuses_an_unknown_option():
+    with pytest.raises(AnsibleLookupError, match="has no option 'flavour': use kind, group, arch, mode, os_family"):
+        lookup(["etcd"], flavour="x")
