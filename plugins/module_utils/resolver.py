@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import string
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Union
 

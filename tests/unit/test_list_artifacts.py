@@ -189,3 +189,8 @@ def test_a_directory_with_no_component_binaries_is_reported(tmp_path, capsys):
     (tmp_path / "README").write_text("x")
     assert catalog_overlay.main([str(tmp_path), "--version", "1.20.2", "--arch", "amd64"]) == 2
     assert "holds no file named after a catalog component" in capsys.readouterr().err
+
+
+def test_docs_catalog_md_holds_the_current_reference_table(capsys):
+    run(capsys, "--format", "markdown")
+    assert list_artifacts.markdown(list_artifacts.load(None)[0]) in (REPO / "docs" / "catalog.md").read_text()
