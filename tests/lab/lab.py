@@ -28,8 +28,10 @@ LAB_ROOT = Path(os.environ.get("AIRGAP_LAB_ROOT", REPO / ".lab"))
 RELEASES = ("bookworm", "trixie")
 DEFAULT_RELEASE = "bookworm"
 MIRROR = os.environ.get("AIRGAP_LAB_MIRROR", "http://deb.debian.org/debian")
+# LAB.md's list plus kmod: trixie's systemd-modules-load fails without libkmod, and the roles
+# call modprobe, which every real Debian server has.
 DEBOOTSTRAP_INCLUDE = (
-    "systemd,systemd-sysv,dbus,python3,openssh-server,sudo,iproute2,ca-certificates,gnupg,curl"
+    "systemd,systemd-sysv,dbus,python3,openssh-server,sudo,iproute2,ca-certificates,gnupg,curl,kmod"
 )
 IMAGE_REPO = "airgap-lab-node"
 BASE_REPO = "airgap-lab-base"
