@@ -108,10 +108,16 @@ def _make_run(args: argparse.Namespace, command: str, inventory: Path) -> steps.
 def _demo(args: argparse.Namespace) -> int:
     """Starts (or reuses) the demo lab, then deploys every layer that exists so far."""
     lab = [sys.executable, str(REPO / "tests" / "lab" / "lab.py")]
-    code = subprocess.call(lab + ["up", DEMO_LAB, "--nodes", str(args.demo_nodes), "--release", args.release,
-                                  "--internal"], cwd=REPO)
-    if code != 0:
-        return code
+    if (REPO / ".lab" / DEMO_LAB / "lab.json").exists():
+        # A rerun resumes the same lab: its nodes keep what earlier layers did.
+        print(f"demo lab '{DEMO_LAB}' exists: reusing it (tear it down with tests/lab/lab.py down {DEMO_LAB})")
+        subprocess.call(["docker", "start"] + [f"{DEMO_LAB}-node{i}" for i in range(1, args.demo_nodes + 1)]
+                        + [f"{DEMO_LAB}-bundle"], stdout=subprocess.DEVNULL)
+    else:
+        code = subprocess.call(lab + ["up", DEMO_LAB, "--nodes", str(args.demo_nodes), "--release", args.release,
+                                      "--internal"], cwd=REPO)
+        if code != 0:
+            return code
     inventory = REPO / ".lab" / DEMO_LAB / "inventory" / "hosts.yml"
     run = steps.Run(command="deploy-cluster", inventory=inventory, repo=REPO, extra_vars=tuple(args.extra_vars))
     code = steps.execute(run, args.from_step, args.only_step, _tool("ansible-playbook"), stop_at_missing=True)

@@ -299,6 +299,20 @@ def playbook_argv(run: Run, step: str, ansible_playbook: str) -> list[str]:
     return argv
 
 
+def ssh_control_dir(inventory: Path) -> Path:
+    """Per-inventory SSH master sockets, short enough for the 108-byte socket path limit."""
+    key = hashlib.sha256(str(inventory_dir(inventory).resolve()).encode()).hexdigest()[:10]
+    return Path.home() / ".cache" / "airgap-kubernetes" / "cp" / key
+
+
+def ansible_env(run: Run) -> dict[str, str]:
+    # Facts and SSH masters are kept per inventory: two labs may both have a node1 at the same
+    # address, and a master opened directly must not carry a session meant to go through a bastion.
+    return {**os.environ,
+            "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(run.state_dir / "facts"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(ssh_control_dir(run.inventory))}
+
+
 def missing_playbooks(run: Run, names: Iterable[str]) -> list[str]:
     return [n for n in names if not run.playbook(n).is_file()]
 
@@ -309,8 +323,7 @@ def execute(run: Run, from_step: Optional[str] = None, only_step: Optional[str] 
     """Runs the planned steps under the inventory lock; returns 0 when every step is done."""
     style = Style(out)
     state = StateFile(run.state_dir / "steps.json")
-    # Facts are cached per inventory: two labs may both have a node1.
-    env = {**os.environ, "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(run.state_dir / "facts")}
+    env = ansible_env(run)
     with Lock(run.state_dir / "lock"):
         inputs = inputs_fingerprint(run)
         fingerprints = {s: step_fingerprint(run, s, inputs) for s in run.steps}

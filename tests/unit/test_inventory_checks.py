@@ -71,3 +71,14 @@ def test_more_than_one_bundle_server_is_refused():
 def test_every_problem_is_reported_at_once():
     groups = good_groups(etcd=["node1", "node2"], all=good_groups()["all"] + ["stray"])
     assert len(inventory_problems(groups, hostvars_for(groups))) == 2
+
+
+def test_the_filter_is_documented_and_found_by_ansible():
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-doc"), "-t", "filter",
+                           "airgap.kubernetes.inventory_problems"], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "even etcd" in proc.stdout

@@ -1,0 +1,139 @@
+"""End to end: run.sh drives the layers over SSH on lab nodes whose network has no route out."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ansible_collections.airgap.kubernetes.plugins.module_utils import steps
+
+REPO = Path(__file__).resolve().parents[2]
+LAB = [sys.executable, str(REPO / "tests" / "lab" / "lab.py")]
+NAME = "e2e"
+
+pytestmark = [pytest.mark.e2e, pytest.mark.lab]
+
+
+def run_sh(*args: str, inventory: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(REPO / "run.sh"), *args, "-i", str(inventory)], cwd=REPO, text=True,
+                          capture_output=True, env={**os.environ, "NO_COLOR": "1"}, timeout=1800)
+    print(proc.stdout[-6000:], proc.stderr[-3000:])
+    return proc
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """A 3-node lab plus bundle host on an --internal network, torn down even after a failure."""
+    subprocess.run(LAB + ["down", NAME], cwd=REPO, check=False, capture_output=True)
+    subprocess.run(LAB + ["up", NAME, "--nodes", "3", "--internal"], cwd=REPO, check=True, timeout=900)
+    inventory = REPO / ".lab" / NAME / "inventory" / "hosts.yml"
+    try:
+        yield inventory
+    finally:
+        subprocess.run(LAB + ["down", NAME], cwd=REPO, check=False)
+
+
+def wait_for_ssh(nodes: list[str], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    for node in nodes:
+        while subprocess.run(LAB + ["ssh", NAME, node, "true"], cwd=REPO, capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, f"{node} did not answer SSH within {seconds} s"
+            time.sleep(0.5)
+
+
+def drop_ssh_masters(inventory: Path) -> None:
+    for sock in steps.ssh_control_dir(inventory).glob("*"):
+        subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab"], capture_output=True)
+
+
+def hosts_of(inventory: Path) -> dict[str, dict]:
+    return yaml.safe_load(inventory.read_text())["all"]["hosts"]
+
+
+def derived_inventory(inventory: Path, name: str, change) -> Path:
+    """A copy of the lab inventory, changed by `change`, in its own directory (own step file)."""
+    data = yaml.safe_load(inventory.read_text())
+    change(data)
+    target = inventory.parent.parent / name / "hosts.yml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(data))
+    src_vars = inventory.parent / "group_vars"
+    if src_vars.exists() and not (target.parent / "group_vars").exists():
+        (target.parent / "group_vars").symlink_to(src_vars)
+    return target
+
+
+def test_layer_00_reaches_every_node_and_caches_facts(lab):
+    proc = run_sh("deploy-cluster", "--only", "00-ssh", inventory=lab)
+    assert proc.returncode == 0
+    facts = lab.parent / ".airgap" / "facts"
+    # ansible-core 2.19's jsonfile cache names each file <schema prefix>_<host>.
+    cached = {p.name.split("_", 1)[-1]: p for p in facts.iterdir()}
+    assert set(hosts_of(lab)) <= set(cached)
+    node1 = json.loads(json.loads(cached["node1"].read_text())["__payload__"])
+    assert node1["ansible_distribution"] == "Debian"
+
+
+def test_a_rerun_of_layer_00_skips_it(lab):
+    run_sh("deploy-cluster", "--only", "00-ssh", inventory=lab)
+    proc = run_sh("steps", inventory=lab)
+    assert proc.returncode == 0
+    assert "00-ssh" in proc.stdout and "done" in proc.stdout
+
+
+def test_unreachable_hosts_are_all_listed_one_line_each(lab):
+    stopped = [f"{NAME}-node2", f"{NAME}-node3"]
+    hosts = hosts_of(lab)
+    subprocess.run(["docker", "stop", "-t", "1", *stopped], check=True, capture_output=True)
+    try:
+        proc = run_sh("deploy-cluster", "--only", "00-ssh", inventory=lab)
+    finally:
+        subprocess.run(["docker", "start", *stopped], check=True, capture_output=True)
+        wait_for_ssh(["node2", "node3"])
+    assert proc.returncode != 0
+    assert "2 host(s) unreachable" in proc.stdout
+    for node in ("node2", "node3"):
+        line = next(l for l in proc.stdout.splitlines() if l.strip().startswith(f"- {node} ("))
+        assert f"({hosts[node]['ansible_host']}, user root)" in line
+    assert "- node1 (" not in proc.stdout
+
+
+def test_nodes_behind_a_bastion_are_reached_through_it(lab):
+    hosts = hosts_of(lab)
+    gateway = subprocess.run(["docker", "network", "inspect", f"airgap-lab-{NAME}", "-f",
+                              "{{(index .IPAM.Config 0).Gateway}}"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+
+    def with_bastion(data):
+        data["all"]["children"]["bastion"] = {"hosts": {"bundle": {}}}
+
+    inventory = derived_inventory(lab, "inventory-bastion", with_bastion)
+    # node1 now refuses SSH sessions that come straight from this host: only the bastion's path works.
+    deny = f"echo 'DenyUsers root@{gateway}' > /etc/ssh/sshd_config.d/e2e-deny.conf && systemctl reload ssh"
+    subprocess.run(["docker", "exec", f"{NAME}-node1", "sh", "-c", deny], check=True)
+    drop_ssh_masters(lab)  # a master opened earlier would carry the session past DenyUsers
+    try:
+        direct = run_sh("deploy-cluster", "--only", "00-ssh", inventory=lab)
+        through = run_sh("deploy-cluster", "--only", "00-ssh", inventory=inventory)
+    finally:
+        subprocess.run(["docker", "exec", f"{NAME}-node1", "sh", "-c",
+                        "rm -f /etc/ssh/sshd_config.d/e2e-deny.conf && systemctl reload ssh"], check=True)
+    assert direct.returncode != 0 and f"- node1 ({hosts['node1']['ansible_host']}, user root)" in direct.stdout
+    assert through.returncode == 0
+
+
+def test_an_even_etcd_count_fails_before_any_host_is_contacted(lab):
+    def even_etcd(data):
+        data["all"]["children"]["etcd"] = {"hosts": {"node1": {}, "node2": {}}}
+
+    inventory = derived_inventory(lab, "inventory-even", even_etcd)
+    proc = run_sh("deploy-cluster", "--only", "00-ssh", inventory=inventory)
+    assert proc.returncode != 0
+    assert "etcd has 2 members (node1, node2)" in proc.stdout
+    assert "Open an SSH session" not in proc.stdout
