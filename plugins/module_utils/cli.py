@@ -22,6 +22,7 @@ COMMANDS = {
     "upgrade": "upgrade the cluster to the inventory's kube_version",
     "steps": "show which steps are done, when, and how long each took",
     "list-artifacts": "list every file, image and package the inventory's config needs",
+    "build-bundle": "on a connected host: download, verify and pack everything the config needs into one bundle",
     "demo": "set up this machine, start lab nodes and deploy a demo cluster on them",
     "test": "run the whole test suite (lint, unit, lab, molecule, end to end), as CI does",
 }
@@ -138,6 +139,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         # Its options belong to the resolver's CLI; forward them untouched.
         from ansible_collections.airgap.kubernetes.plugins.module_utils import list_artifacts
         return list_artifacts.main(argv[1:])
+    if argv[:1] == ["build-bundle"]:
+        try:
+            from ansible_collections.airgap.kubernetes.plugins.module_utils import build_bundle
+        except ImportError:
+            print("run.sh: error: build-bundle does not exist yet in this version", file=sys.stderr)
+            return 2
+        return build_bundle.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
