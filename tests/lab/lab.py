@@ -122,11 +122,11 @@ def _debootstrap_key(release: str) -> str:
     return hashlib.sha256(" ".join(debootstrap_args(release, "ROOTFS")).encode()).hexdigest()[:12]
 
 
-def recipe_hash(release: str) -> str:
+def recipe_hash(release: str, recipe: Optional[Path] = None) -> str:
     """Hash of everything that defines a node image: debootstrap args and the recipe files."""
     h = hashlib.sha256()
     h.update(" ".join(debootstrap_args(release, "ROOTFS")).encode())
-    for path in sorted(IMAGE_DIR.iterdir()):
+    for path in sorted((recipe or IMAGE_DIR).iterdir()):
         if path.is_file():
             h.update(b"\0" + path.name.encode() + b"\0")
             h.update(oct(path.stat().st_mode & 0o777).encode())
@@ -211,8 +211,12 @@ def _ensure_rootfs(release: str) -> Path:
     return tarball
 
 
+def _base_tag(release: str) -> str:
+    return f"{BASE_REPO}:{release}-{_debootstrap_key(release)}"
+
+
 def _ensure_base(release: str) -> str:
-    tag = f"{BASE_REPO}:{release}-{_debootstrap_key(release)}"
+    tag = _base_tag(release)
     if _image_exists(tag):
         return tag
     tarball = _ensure_rootfs(release)
@@ -230,23 +234,52 @@ def ensure_image(release: str = DEFAULT_RELEASE) -> str:
     check_docker()
     tag = image_tag(release)
     with _file_lock(CACHE_DIR / f"image-{release}.lock"):
-        if not _image_exists(tag):
+        build = not _image_exists(tag)
+        if build:
             warning = check_unmount_list()
             if warning:
                 _log(f"warning: {warning}")
             base = _ensure_base(release)
-            _log(f"building {tag} from {base}")
-            # The legacy builder: the Debian docker.io CLI here has no buildx, and FROM a local
-            # image must not try a registry.
-            env = dict(os.environ, DOCKER_BUILDKIT="0")
-            proc = subprocess.run(
-                ["docker", "build", "-q", "--build-arg", f"BASE={base}",
-                 "--label", f"airgap.lab.recipe={recipe_hash(release)}", "-t", tag, str(IMAGE_DIR)],
-                capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                raise LabError(f"building {tag} failed:\n{proc.stdout}{proc.stderr}")
+            _build_image(release, base, tag)
+        # The alias moves first, so that pruning leaves no untagged image behind.
         docker("tag", tag, alias_tag(release))
+        if build:
+            _prune_superseded(release, keep={tag, _base_tag(release)})
     return tag
+
+
+def _build_image(release: str, base: str, tag: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="lab-recipe-") as tmp:
+        # Built from a snapshot, so that an edit during the build cannot end up under the tag
+        # of the recipe before it.
+        context = Path(tmp) / "image"
+        shutil.copytree(IMAGE_DIR, context)
+        if recipe_hash(release, context) != tag.rsplit("-", 1)[1]:
+            raise LabError(f"tests/lab/image/ changed while {tag} was being built: run it again")
+        _log(f"building {tag} from {base}")
+        # The legacy builder: the Debian docker.io CLI here has no buildx, and FROM a local
+        # image must not try a registry.
+        env = dict(os.environ, DOCKER_BUILDKIT="0")
+        proc = subprocess.run(
+            ["docker", "build", "-q", "--build-arg", f"BASE={base}",
+             "--label", f"airgap.lab.recipe={tag}", "-t", tag, str(context)],
+            capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise LabError(f"building {tag} failed:\n{proc.stdout}{proc.stderr}")
+
+
+def _prune_superseded(release: str, keep: set[str]) -> None:
+    # Each recipe change leaves a 300 MB image and tarball behind; an image a container still
+    # uses stays (docker refuses without -f).
+    for repo in (IMAGE_REPO, BASE_REPO):
+        out = docker("images", "--format", "{{.Repository}}:{{.Tag}}", repo).stdout.split()
+        old = [t for t in out if t.split(":", 1)[1].startswith(f"{release}-") and t not in keep]
+        if old:
+            docker("rmi", *old, check=False)
+    current = f"rootfs-{release}-{_debootstrap_key(release)}.tar"
+    for tarball in CACHE_DIR.glob(f"rootfs-{release}-*.tar"):
+        if tarball.name != current:
+            tarball.unlink()
 
 
 # --------------------------------------------------------------------------- lab plan
