@@ -48,7 +48,13 @@ build_collection() {
 phase "lint: yamllint" yamllint --strict .
 phase "lint: ansible-lint" ansible-lint
 phase "collection build and install" build_collection
-phase "unit tests" pytest tests/unit
+unit_tests() {
+  pytest tests/unit --cov=plugins/module_utils --cov=plugins/lookup --cov=plugins/filter --cov-branch \
+      --cov-report=term || return 1
+  echo "--- resolver branch coverage (must be >= 95%)"
+  coverage report --include='*/module_utils/resolver.py' --fail-under=95
+}
+phase "unit tests" unit_tests
 phase "lab tests" pytest -m "lab or k8s_build" tests/lab
 [ -d molecule ] && ls molecule/*/molecule.yml >/dev/null 2>&1 && phase "molecule scenarios" molecule_all
 [ -d tests/e2e ] && phase "end to end" pytest tests/e2e

@@ -66,6 +66,15 @@ def execute(run, **kw) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+def deployed(repo, inventory, trace, names) -> steps.Run:
+    """A run whose steps all finished once; the trace starts empty."""
+    add_playbooks(repo, *names)
+    run = make_run(repo, inventory, names)
+    assert execute(run)[0] == 0
+    ran(trace)
+    return run
+
+
 def ran(trace: Path) -> list[str]:
     lines = trace.read_text().split() if trace.exists() else []
     trace.unlink(missing_ok=True)
@@ -96,10 +105,7 @@ def test_a_second_run_with_nothing_changed_runs_nothing(tree):
 
 def test_a_changed_inventory_reruns_every_step(tree):
     repo, inventory, trace = tree
-    add_playbooks(repo, "a", "b")
-    run = make_run(repo, inventory, ["a", "b"])
-    execute(run)
-    ran(trace)
+    run = deployed(repo, inventory, trace, ["a", "b"])
     (inventory.parent / "group_vars").mkdir()
     (inventory.parent / "group_vars" / "all.yml").write_text("etcd_version: 3.6.5\n")
     assert execute(run)[0] == 0 and ran(trace) == ["a", "b"]
@@ -107,10 +113,7 @@ def test_a_changed_inventory_reruns_every_step(tree):
 
 def test_a_changed_layer_reruns_from_that_layer_on(tree):
     repo, inventory, trace = tree
-    add_playbooks(repo, "a", "b", "c")
-    run = make_run(repo, inventory, ["a", "b", "c"])
-    execute(run)
-    ran(trace)
+    run = deployed(repo, inventory, trace, ["a", "b", "c"])
     with open(repo / "playbooks" / "b.yml", "a") as playbook:
         playbook.write("# edited\n")
     code, out = execute(run)
@@ -146,10 +149,7 @@ def test_the_state_directory_does_not_feed_the_fingerprint(tree):
 
 def test_an_interrupted_step_is_run_again(tree):
     repo, inventory, trace = tree
-    add_playbooks(repo, "a", "b")
-    run = make_run(repo, inventory, ["a", "b"])
-    execute(run)
-    ran(trace)
+    run = deployed(repo, inventory, trace, ["a", "b"])
     # What a kill -9 during b leaves behind: b recorded as running.
     state = steps.StateFile(run.state_dir / "steps.json")
     rec = state.load()[run.key]["b"]
@@ -176,10 +176,7 @@ def test_a_step_name_that_is_only_a_prefix_is_refused_with_the_valid_names(tree)
 
 def test_from_reruns_that_step_and_all_after_it(tree):
     repo, inventory, trace = tree
-    add_playbooks(repo, "a", "b", "c")
-    run = make_run(repo, inventory, ["a", "b", "c"])
-    execute(run)
-    ran(trace)
+    run = deployed(repo, inventory, trace, ["a", "b", "c"])
     assert execute(run, from_step="b")[0] == 0 and ran(trace) == ["b", "c"]
 
 
