@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,7 +23,8 @@ from typing import Iterator, Optional, Sequence
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 IMAGE_DIR = HERE / "image"
-CACHE_DIR = Path(os.environ.get("AIRGAP_CACHE", Path.home() / ".cache" / "airgap-kubernetes")) / "lab"
+CACHE_DIR = Path(os.environ.get("AIRGAP_CACHE",
+                               Path.home() / ".cache" / "airgap-kubernetes")) / "lab"
 LAB_ROOT = Path(os.environ.get("AIRGAP_LAB_ROOT", REPO / ".lab"))
 
 RELEASES = ("bookworm", "trixie")
@@ -70,7 +72,8 @@ def _run(args: Sequence[str], *, check: bool = True, input: Optional[str] = None
          timeout: Optional[float] = None) -> subprocess.CompletedProcess:
     proc = subprocess.run(list(args), input=input, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise LabError(f"command failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr.strip()}")
+        raise LabError(f"command failed ({proc.returncode}): {' '.join(args)}\n"
+                       f"{proc.stderr.strip()}")
     return proc
 
 
@@ -603,7 +606,6 @@ def _wait_ssh(lab: Lab, host: Host, deadline: float) -> None:
 
 @dataclasses.dataclass
 class _HostResult:
-    state: str
     systemd_at: float
     ssh_at: float
 
@@ -631,17 +633,17 @@ def up(name: str, nodes: int, release: str = DEFAULT_RELEASE, internal: bool = F
     docker(*net_args, lab.network)
 
     t0 = time.monotonic()
+    known_hosts_lock = threading.Lock()
 
     def bring_up(host: Host) -> _HostResult:
         _start_host(lab, host, pubkey)
-        state = _wait_systemd(host, time.monotonic() + SYSTEMD_TIMEOUT)
+        _wait_systemd(host, time.monotonic() + SYSTEMD_TIMEOUT)
         systemd_at = time.monotonic() - t0
         keys = _host_keys(host)
-        with _file_lock(lab.dir / ".known_hosts.lock"):
-            with open(lab.dir / "known_hosts", "a") as fh:
-                fh.write(keys)
+        with known_hosts_lock, open(lab.dir / "known_hosts", "a") as fh:
+            fh.write(keys)
         _wait_ssh(lab, host, time.monotonic() + SSH_TIMEOUT)
-        return _HostResult(state, systemd_at, time.monotonic() - t0)
+        return _HostResult(systemd_at, time.monotonic() - t0)
 
     with ThreadPoolExecutor(max_workers=min(len(lab.hosts), 32)) as pool:
         futures = [pool.submit(bring_up, h) for h in lab.hosts]
