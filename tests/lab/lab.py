@@ -132,7 +132,8 @@ def recipe_hash(release: str, recipe: Optional[Path] = None) -> str:
     for path in sorted((recipe or IMAGE_DIR).iterdir()):
         if path.is_file():
             h.update(b"\0" + path.name.encode() + b"\0")
-            h.update(oct(path.stat().st_mode & 0o777).encode())
+            # Only the executable bit: git keeps no more, and a clone's umask must not matter.
+            h.update(b"x" if path.stat().st_mode & 0o100 else b"-")
             h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
