@@ -36,6 +36,7 @@ OS_SUITES = {"debian12": "bookworm", "debian13": "trixie"}
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SECURITY = "http://deb.debian.org/debian-security"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+APT_HELPER = "/usr/lib/apt/apt-helper"
 # Packages the bundle itself needs beyond the catalog's: none today; the catalog lists the bundle server's own.
 CHUNK = 1 << 20
 USER_AGENT = "airgap.kubernetes-build-bundle"
@@ -449,7 +450,9 @@ def parse_print_uris(text: str) -> list:
         parts = rest.split()
         if len(parts) < 2 or not url.endswith(".deb"):
             continue
-        uris.append(AptUri(url, parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""))
+        # apt's own name for the file encodes the epoch (zlib1g_1%3a1.2.13...); the pool's name has none.
+        filename = urllib.parse.unquote(url.rsplit("/", 1)[-1])
+        uris.append(AptUri(url, filename, int(parts[1]), parts[2] if len(parts) > 2 else ""))
     return uris
 
 
@@ -501,8 +504,10 @@ def apt_closure(packages: list, suite: str, arch: str, mirror: str = DEBIAN_MIRR
     out = run(["apt-get", *opts, "-q", "-y", "install", "--print-uris", *packages]).stdout
     uris = parse_print_uris(out)
     sha: dict = {}
-    for index in (state / "state" / "lists").glob("*_Packages"):
-        sha.update(index_sha256(index.read_text(errors="replace")))
+    # apt may keep its lists compressed (lz4, gz, ...); apt-helper reads any of them.
+    indexes = sorted(p for p in (state / "state" / "lists").glob("*_Packages*") if ".diff" not in p.name)
+    if indexes:
+        sha.update(index_sha256(run([APT_HELPER, "cat-file", *indexes]).stdout))
     jobs = []
     for uri in uris:
         if uri.filename not in sha:

@@ -217,12 +217,14 @@ The following NEW packages will be installed:
   conntrack libc6
 'http://deb.debian.org/debian/pool/main/g/glibc/libc6_2.36-9%2bdeb12u10_amd64.deb' libc6_2.36-9+deb12u10_amd64.deb 2757936 MD5Sum:0123
 'http://deb.debian.org/debian/pool/main/c/conntrack-tools/conntrack_1.4.7-1%2bb2_amd64.deb' conntrack_1.4.7-1+b2_amd64.deb 35904 MD5Sum:4567
+'http://deb.debian.org/debian/pool/main/z/zlib/zlib1g_1.2.13.dfsg-1_amd64.deb' zlib1g_1%3a1.2.13.dfsg-1_amd64.deb 1 MD5Sum:89
 """
 
 
 def test_closure_list_is_every_deb_apt_would_fetch() -> None:
     uris = bb.parse_print_uris(PRINT_URIS)
-    assert [u.filename for u in uris] == ["libc6_2.36-9+deb12u10_amd64.deb", "conntrack_1.4.7-1+b2_amd64.deb"]
+    assert [u.filename for u in uris] == ["libc6_2.36-9+deb12u10_amd64.deb", "conntrack_1.4.7-1+b2_amd64.deb",
+                                          "zlib1g_1.2.13.dfsg-1_amd64.deb"]  # the pool's name: no epoch
     assert uris[1].url.endswith("conntrack_1.4.7-1%2bb2_amd64.deb") and uris[1].size == 35904
 
 
