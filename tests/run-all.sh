@@ -29,6 +29,8 @@ molecule_all() {
   local scenarios=() rc=0
   for d in molecule/*/molecule.yml; do [ -f "$d" ] && scenarios+=("$(basename "$(dirname "$d")")"); done
   if [ "${#scenarios[@]}" -eq 0 ]; then echo "no molecule scenarios exist yet"; return 1; fi
+  # Scenarios use the stable tags airgap-lab-node:<release>; build or find them first.
+  python3 tests/lab/lab.py image --release bookworm && python3 tests/lab/lab.py image --release trixie || return 1
   for s in "${scenarios[@]}"; do
     echo "--- molecule test -s $s"
     molecule test -s "$s" || { echo "--- molecule scenario $s FAILED"; rc=1; }
