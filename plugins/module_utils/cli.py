@@ -122,10 +122,14 @@ def _demo(args: argparse.Namespace) -> int:
     inventory = REPO / ".lab" / DEMO_LAB / "inventory" / "hosts.yml"
     run = steps.Run(command="deploy-cluster", inventory=inventory, repo=REPO, extra_vars=tuple(args.extra_vars))
     code = steps.execute(run, args.from_step, args.only_step, _tool("ansible-playbook"), stop_at_missing=True)
+    records = steps.StateFile(run.state_dir / "steps.json").load().get(run.key, {})
+    done = [s for s in run.steps if records.get(s) and records[s].status == "done"]
+    failed = [s for s in run.steps if records.get(s) and records[s].status != "done"]
     missing = steps.missing_playbooks(run, run.steps)
-    done = [s for s in run.steps if s not in missing]
     print(f"\ndemo lab '{DEMO_LAB}': inventory {inventory}")
     print(f"  layers deployed: {', '.join(done) or 'none'}")
+    if failed:
+        print(f"  FAILED: {', '.join(failed)} (rerun ./run.sh demo to resume there)")
     if missing:
         print(f"  NOT DEPLOYED, not implemented yet: {', '.join(missing)}")
     print(f"  log in:   python3 tests/lab/lab.py ssh {DEMO_LAB} node1")
