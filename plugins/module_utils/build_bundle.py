@@ -229,17 +229,44 @@ def _fetch(url: str, part: Path, timeout: float, on_bytes: Callable[[int], None]
     return resumed
 
 
-def download(url: str, dest: Path, sha256: str, name: str, retries: int = 4, timeout: float = 60,
-             on_bytes: Callable[[int], None] = lambda n: None, backoff: float = 1.0) -> str:
-    """Download url to dest and check its sha256; returns 'present', 'downloaded' or 'resumed'.
+def _from_cache(cache: Optional[Path], sha256: str, dest: Path) -> bool:
+    """Copy a verified earlier download of the same content to dest; a damaged cache entry is dropped."""
+    entry = cache / sha256[:2] / sha256 if cache else None
+    if entry is None or not entry.is_file():
+        return False
+    if sha256_file(entry) != sha256:
+        entry.unlink()
+        return False
+    tmp = dest.with_name(dest.name + ".cache")
+    shutil.copyfile(entry, tmp)
+    tmp.replace(dest)
+    return True
 
-    A verified dest is kept as it is. A dest.part left by an interrupted attempt (this run or an earlier one) is
-    continued with an HTTP Range request. Network errors are retried; a checksum mismatch is not.
+
+def _to_cache(cache: Optional[Path], sha256: str, src: Path) -> None:
+    if cache:
+        entry = cache / sha256[:2] / sha256
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f"{sha256}.{os.getpid()}.{threading.get_ident()}")
+        shutil.copyfile(src, tmp)
+        tmp.replace(entry)
+
+
+def download(url: str, dest: Path, sha256: str, name: str, retries: int = 4, timeout: float = 60,
+             on_bytes: Callable[[int], None] = lambda n: None, backoff: float = 1.0,
+             cache: Optional[Path] = None) -> str:
+    """Download url to dest and check its sha256; returns 'present', 'cached', 'downloaded' or 'resumed'.
+
+    A verified dest is kept as it is, and content already verified once is copied from cache (keyed by sha256).
+    A dest.part left by an interrupted attempt (this run or an earlier one) is continued with an HTTP Range
+    request. Network errors are retried; a checksum mismatch is not.
     """
     dest = Path(dest)
     if dest.is_file() and sha256_file(dest) == sha256:
         return "present"
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if _from_cache(cache, sha256, dest):
+        return "cached"
     part = dest.with_name(dest.name + ".part")
     resumed = part.exists() and part.stat().st_size > 0
     attempt = 0
@@ -264,6 +291,7 @@ def download(url: str, dest: Path, sha256: str, name: str, retries: int = 4, tim
         part.unlink()
         raise ChecksumError(checksum_message(name, url, sha256, got))
     part.replace(dest)
+    _to_cache(cache, sha256, dest)
     return "resumed" if resumed else "downloaded"
 
 
@@ -293,11 +321,12 @@ def parallel(fn: Callable, jobs: list, progress: Progress, workers: int) -> list
     return [results[i] for i in range(len(jobs))]
 
 
-def download_all(jobs: list, root: Path, progress: Progress, workers: int = 4, retries: int = 4) -> dict:
+def download_all(jobs: list, root: Path, progress: Progress, workers: int = 4, retries: int = 4,
+                 cache: Optional[Path] = None) -> dict:
     """Every job in parallel into root/<job.path>; returns {path: status}. All failures are reported together."""
     def one(job: FileJob) -> str:
         return download(job.url, root / job.path, job.sha256, job.name, retries,
-                        on_bytes=lambda n: progress.advance(nbytes=n))
+                        on_bytes=lambda n: progress.advance(nbytes=n), cache=cache)
     return dict(zip((job.path for job in jobs), parallel(one, jobs, progress, workers)))
 
 
@@ -630,6 +659,8 @@ class Options:
     debian_mirror: str = DEBIAN_MIRROR
     debian_security: str = DEBIAN_SECURITY
     retries: int = 4
+    # Verified downloads by sha256, shared by builds into other output dirs; None to fetch everything again.
+    cache: Optional[Path] = CACHE / "downloads"
 
 
 @dataclass
@@ -666,7 +697,7 @@ def build(catalog: Mapping, config: Mapping, options: Options, progress: Optiona
     insecure = [str(h) for h in (config.get("upstream_insecure_registries") or [])]
 
     progress.start("files", len(plan.files), "files")
-    download_all(plan.files, bundle, progress, options.jobs, options.retries)
+    download_all(plan.files, bundle, progress, options.jobs, options.retries, options.cache)
     prune(bundle / "files", {job.path for job in plan.files}, bundle)
     progress.finish()
 
@@ -685,7 +716,7 @@ def build(catalog: Mapping, config: Mapping, options: Options, progress: Optiona
                 progress.advance(items=1)
         progress.finish()
         progress.start("apt packages", len(debs), "debs")
-        download_all(list(debs.values()), bundle, progress, options.jobs, options.retries)
+        download_all(list(debs.values()), bundle, progress, options.jobs, options.retries, options.cache)
         prune(bundle / "apt" / "pool", set(debs), bundle)
         write_apt_repo(bundle, {suite: plan.arches for suite in plan.suites})
         progress.finish()
@@ -758,6 +789,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debian-mirror", default=DEBIAN_MIRROR, help=f"Debian mirror (default: {DEBIAN_MIRROR})")
     parser.add_argument("--debian-security", default=DEBIAN_SECURITY,
                         help=f"Debian security mirror (default: {DEBIAN_SECURITY})")
+    parser.add_argument("--no-cache", action="store_true",
+                        help=f"fetch everything again instead of reusing verified downloads in {CACHE / 'downloads'}")
     parser.add_argument("--progress", choices=["auto", "live", "lines"], default="auto",
                         help="live line (terminal) or one line per phase (default: auto)")
     return parser
@@ -777,7 +810,8 @@ def main(argv: Optional[list] = None) -> int:
         options = Options(out=args.out, arches=arches, suites=suites_for(args.os.split(",")), jobs=args.jobs,
                           wheelhouse=not args.no_wheelhouse, collection=not args.no_collection,
                           tarball=not args.no_tarball, requirements=args.requirements,
-                          debian_mirror=args.debian_mirror, debian_security=args.debian_security)
+                          debian_mirror=args.debian_mirror, debian_security=args.debian_security,
+                          cache=None if args.no_cache else CACHE / "downloads")
         live = {"auto": None, "live": True, "lines": False}[args.progress]
         result = build(catalog, config, options, Progress(live=live))
     except (resolver.CatalogError, BuildError, bundlefmt.BundleError) as exc:

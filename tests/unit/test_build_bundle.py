@@ -274,3 +274,19 @@ def test_on_a_terminal_progress_redraws_one_line() -> None:
 @pytest.mark.parametrize("n, text", [(512, "512 B"), (1536, "1.5 KiB"), (3 * 2**30, "3.0 GiB")])
 def test_human_bytes(n: int, text: str) -> None:
     assert bb.human_bytes(n) == text
+
+
+def test_a_verified_download_is_reused_from_the_cache_for_another_bundle(upstream: str, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert bb.download(f"{upstream}/file", tmp_path / "one" / "x", SHA, "x", cache=cache) == "downloaded"
+    assert bb.download(f"{upstream}/file", tmp_path / "two" / "x", SHA, "x", cache=cache) == "cached"
+    assert (tmp_path / "two" / "x").read_bytes() == PAYLOAD
+    assert len(_Upstream.requests) == 1
+
+
+def test_a_damaged_cache_entry_is_fetched_again(upstream: str, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / SHA[:2]).mkdir(parents=True)
+    (cache / SHA[:2] / SHA).write_bytes(b"tampered")
+    assert bb.download(f"{upstream}/file", tmp_path / "x", SHA, "x", cache=cache) == "downloaded"
+    assert (cache / SHA[:2] / SHA).read_bytes() == PAYLOAD
