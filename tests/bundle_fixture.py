@@ -29,8 +29,8 @@ from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as
 CACHE = Path(os.environ.get("AIRGAP_CACHE", Path.home() / ".cache" / "airgap-kubernetes")) / "bundle-fixture"
 SUITE = "bookworm"
 ARCH = "amd64"
-# What the bundle server installs from the bundle; python3-apt because Ansible's apt module needs it.
-APT_PACKAGES = ("nginx", "docker-registry", "chrony", "python3-apt")
+# What the bundle server installs from the bundle; python3-apt and python3-cryptography for Ansible's apt and crypto modules.
+APT_PACKAGES = ("nginx", "docker-registry", "chrony", "python3-apt", "python3-cryptography")
 # Debian packages whose binaries play the upstream release files.
 FILE_PACKAGES = {"etcd-server": "usr/bin/etcd", "etcd-client": "usr/bin/etcdctl"}
 BUSYBOX = "/bin/busybox"  # from Debian's busybox-static
