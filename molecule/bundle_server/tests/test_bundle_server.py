@@ -8,7 +8,7 @@ PKI = "/etc/airgap-kubernetes/pki"
 ADDRESS = "10.213.53.10"
 DOMAIN = "bundle.airgap.internal"
 # curl as a node would call it: the cluster CA as the only trust anchor, the domain resolved to the server's address.
-CURL = f"curl -sS --fail --cacert {PKI}/ca.crt --resolve {DOMAIN}:443:{ADDRESS} --resolve {DOMAIN}:5443:{ADDRESS}"
+CURL = f"curl -sS --fail --cacert {PKI}/ca.crt --resolve {DOMAIN}:8443:{ADDRESS} --resolve {DOMAIN}:5000:{ADDRESS}"
 
 
 def _manifest(host) -> dict:
@@ -29,10 +29,10 @@ def test_packages_come_from_the_bundle_apt_repo(host):
 
 
 def test_registry_push_port_listens_on_loopback_only(host):
-    assert host.socket("tcp://127.0.0.1:5000").is_listening
-    assert not host.socket("tcp://0.0.0.0:5000").is_listening
-    assert host.socket("tcp://0.0.0.0:443").is_listening
-    assert host.socket("tcp://0.0.0.0:5443").is_listening
+    assert host.socket("tcp://127.0.0.1:5001").is_listening
+    assert not host.socket("tcp://0.0.0.0:5001").is_listening
+    assert host.socket("tcp://0.0.0.0:8443").is_listening
+    assert host.socket("tcp://0.0.0.0:5000").is_listening
 
 
 def test_server_key_is_private_and_certificate_names_domain_and_address(host):
@@ -47,24 +47,24 @@ def test_server_key_is_private_and_certificate_names_domain_and_address(host):
 def test_files_download_over_https_with_manifest_checksums(host):
     manifest = _manifest(host)
     for path in [p for p in manifest["files"] if p.startswith("files/")]:
-        digest = host.check_output(f"{CURL} https://{DOMAIN}/{path} | sha256sum").split()[0]
+        digest = host.check_output(f"{CURL} https://{DOMAIN}:8443/{path} | sha256sum").split()[0]
         assert digest == manifest["files"][path]["sha256"], path
 
 
 def test_apt_repo_and_its_key_are_served(host):
-    release = host.check_output(f"{CURL} https://{DOMAIN}/apt/dists/bookworm/InRelease")
+    release = host.check_output(f"{CURL} https://{DOMAIN}:8443/apt/dists/bookworm/InRelease")
     assert "BEGIN PGP SIGNED MESSAGE" in release
-    assert "BEGIN PGP PUBLIC KEY BLOCK" in host.check_output(f"{CURL} https://{DOMAIN}/keys/bundle-apt.asc")
+    assert "BEGIN PGP PUBLIC KEY BLOCK" in host.check_output(f"{CURL} https://{DOMAIN}:8443/keys/bundle-apt.asc")
 
 
 def test_registry_serves_every_bundle_image_by_digest(host):
     manifest = _manifest(host)
-    catalog = json.loads(host.check_output(f"{CURL} https://{DOMAIN}:5443/v2/_catalog"))
+    catalog = json.loads(host.check_output(f"{CURL} https://{DOMAIN}:5000/v2/_catalog"))
     accept = "application/vnd.docker.distribution.manifest.v2+json"
     for ref, entry in manifest["images"].items():
         repository, tag = ref.rsplit(":", 1)
         assert repository in catalog["repositories"]
-        headers = host.check_output(f"{CURL} -I -H 'Accept: {accept}' https://{DOMAIN}:5443/v2/{repository}/manifests/{tag}")
+        headers = host.check_output(f"{CURL} -I -H 'Accept: {accept}' https://{DOMAIN}:5000/v2/{repository}/manifests/{tag}")
         assert f"docker-content-digest: {entry['digest']}" in headers.lower(), ref
 
 
@@ -72,13 +72,13 @@ def test_registry_refuses_writes_from_the_network(host):
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         code = host.check_output(
             f"{CURL.replace('--fail', '')} -o /dev/null -w '%{{http_code}}' -X {method} "
-            f"https://{DOMAIN}:5443/v2/registry.k8s.io/pause/blobs/uploads/"
+            f"https://{DOMAIN}:5000/v2/registry.k8s.io/pause/blobs/uploads/"
         )
         assert code == "403", method
 
 
 def test_other_paths_of_the_bundle_are_not_served(host):
-    code = host.check_output(f"{CURL.replace('--fail', '')} -o /dev/null -w '%{{http_code}}' https://{DOMAIN}/registry/")
+    code = host.check_output(f"{CURL.replace('--fail', '')} -o /dev/null -w '%{{http_code}}' https://{DOMAIN}:8443/registry/")
     assert code == "404"
 
 
