@@ -5,18 +5,15 @@ CLI: python3 tests/bundle_fixture.py OUT_DIR   -> OUT_DIR/airgap-bundle/, OUT_DI
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / ".collections") not in sys.path:
     sys.path.insert(0, str(REPO / ".collections"))
 
+from ansible_collections.airgap.kubernetes.plugins.module_utils import build_bundle as builder  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
 
 CACHE = Path(os.environ.get("AIRGAP_CACHE", Path.home() / ".cache" / "airgap-kubernetes")) / "bundle-fixture"
@@ -104,44 +102,11 @@ def _gpg(home: str, *args: str, **kw) -> subprocess.CompletedProcess:
 
 def add_apt_repo(bundle: Path) -> None:
     """apt/dists/<suite> and apt/pool/<suite>, Release signed with a key made for this bundle (keys/bundle-apt.asc)."""
-    apt = bundle / "apt"
-    pool = apt / "pool" / SUITE / "main"
+    pool = bundle / "apt" / "pool" / SUITE / "main"
     pool.mkdir(parents=True)
     for deb in download_debs(APT_PACKAGES, closure=True):
         shutil.copyfile(deb, pool / deb.name)
-    binary = apt / "dists" / SUITE / "main" / f"binary-{ARCH}"
-    binary.mkdir(parents=True)
-    packages = _run(["apt-ftparchive", "packages", f"pool/{SUITE}"], cwd=apt).stdout
-    (binary / "Packages").write_text(packages)
-    with gzip.open(binary / "Packages.gz", "wt") as f:
-        f.write(packages)
-    opts = {"Origin": "airgap.kubernetes", "Label": "airgap.kubernetes bundle", "Suite": SUITE,
-            "Codename": SUITE, "Architectures": ARCH, "Components": "main"}
-    release = _run(
-        ["apt-ftparchive", *[f"-oAPT::FTPArchive::Release::{k}={v}" for k, v in opts.items()], "release", "."],
-        cwd=apt / "dists" / SUITE,
-    ).stdout
-    (apt / "dists" / SUITE / "Release").write_text(release)
-    # A short homedir keeps gpg-agent's socket path under the 108-byte limit.
-    home = tempfile.mkdtemp(prefix="agpg-", dir="/tmp")
-    try:
-        _gpg(home, "--passphrase", "", "--quick-gen-key", "airgap.kubernetes bundle <bundle@airgap.invalid>",
-             "ed25519", "sign", "never")
-        keys = bundle / "keys"
-        keys.mkdir()
-        (keys / "bundle-apt.asc").write_text(_gpg(home, "--armor", "--export").stdout)
-        rel = apt / "dists" / SUITE
-        _gpg(home, "--clearsign", "-o", str(rel / "InRelease"), str(rel / "Release"))
-        _gpg(home, "--armor", "--detach-sign", "-o", str(rel / "Release.gpg"), str(rel / "Release"))
-    finally:
-        subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    builder.write_apt_repo(bundle, {SUITE: [ARCH]})
 
 
 def _local_images() -> dict[str, str]:
@@ -171,43 +136,17 @@ def add_registry(bundle: Path) -> dict[str, str]:
     """Push the images into registry/ through a temporary docker-registry on loopback; returns ref -> digest."""
     storage = bundle / bundlefmt.REGISTRY_DIR
     storage.mkdir()
-    port = _free_port()
     tags = _local_images()
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "config.yml"
-        config.write_text(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-            f"    rootdirectory: {storage}\nhttp:\n  addr: 127.0.0.1:{port}\n"
-        )
-        log = open(Path(tmp) / "registry.log", "w")
-        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError(f"docker-registry did not start: {(Path(tmp) / 'registry.log').read_text()}")
-                    time.sleep(0.1)
-            for ref, local in tags.items():
-                _run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
-                      f"docker-daemon:{local}", f"docker://127.0.0.1:{port}/{ref}"])
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-            log.close()
+    with builder.local_registry(storage) as registry:
+        for ref, local in tags.items():
+            _run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+                  f"docker-daemon:{local}", f"docker://{registry}/{ref}"])
     return {ref: bundlefmt.read_tag_digest(bundle, ref) for ref in tags}
 
 
 def make_tarball(bundle: Path, out: Path) -> Path:
     """bundle.tar.gz with one top-level directory, and bundle.tar.gz.sha256 beside it (sha256sum format)."""
-    tarball = out / "bundle.tar.gz"
-    _run(["tar", "-C", str(bundle.parent), "-czf", str(tarball), bundle.name])
-    digest = bundlefmt.sha256_file(tarball)
-    (out / "bundle.tar.gz.sha256").write_text(f"{digest}  bundle.tar.gz\n")
-    return tarball
+    return builder.make_tarball(bundle, out)
 
 
 def build_bundle(out: Path, tarball: bool = True) -> FixtureBundle:
