@@ -7,7 +7,8 @@ Builds on tests/bundle_fixture.py (apt repo, files, registry with a tiny image u
   nodes run (bookworm and trixie), signed with a new key;
 - a catalog overlay declaring the repacked versions and their sha256, as a site brings its own builds.
 
-CLI: python3 tests/runtime_fixture.py OUT_DIR  -> OUT_DIR/bundle.tar.gz(.sha256), OUT_DIR/runtime-overlay.yml, JSON on stdout
+CLI: python3 tests/runtime_fixture.py [--reuse] OUT_DIR
+  -> OUT_DIR/bundle.tar.gz(.sha256), OUT_DIR/runtime-overlay.yml, OUT_DIR/fixture.json (also on stdout)
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import hashlib
 import json
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bundle_fixture as fixture  # noqa: E402
+from lab import upstream  # noqa: E402
 
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import catalog_overlay  # noqa: E402
@@ -37,14 +38,9 @@ MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Packages Ansible's own modules need on the nodes (apt, community.crypto), beside the catalog's.
 TOOL_PACKAGES = ("python3-apt", "python3-cryptography")
-# Debian package -> (catalog component, {path in the .deb: path in the upstream release file}).
-RUNTIME_PACKAGES = {
-    "containerd": ("containerd", {"usr/bin/containerd": "bin/containerd",
-                                  "usr/bin/containerd-shim-runc-v2": "bin/containerd-shim-runc-v2",
-                                  "usr/bin/ctr": "bin/ctr"}),
-    "runc": ("runc", {"usr/sbin/runc": "runc"}),
-    "containernetworking-plugins": ("cni-plugins", {"usr/lib/cni": "."}),
-}
+# Debian package -> the catalog component whose upstream release file it plays.
+RUNTIME_DEBS = {"containerd": "containerd", "runc": "runc", "containernetworking-plugins": "cni-plugins"}
+CONTAINERD_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr")
 
 
 def catalog_packages() -> list[str]:
@@ -88,53 +84,26 @@ def download_suite(suite: str, packages: tuple[str, ...], closure: bool = True) 
     return sorted(dest.glob("*.deb"))
 
 
-def _upstream_version(deb: Path) -> str:
-    """1.6.20~ds1-1+deb12u3 -> 1.6.20: the upstream release the Debian package was built from."""
-    version = fixture._deb_field(deb, "Version").split(":")[-1].split("-")[0]
-    return version.split("~")[0].split("+")[0]
-
-
-def _add_tar_member(tar: tarfile.TarFile, src: Path, arcname: str) -> None:
-    info = tar.gettarinfo(str(src), arcname)
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    info.mtime = 0
-    with open(src, "rb") as handle:
-        tar.addfile(info, handle)
-
-
-def _release_file(component: str, extracted: Path, layout: dict[str, str], version: str, dest: Path) -> None:
-    """Write the upstream release file of one component from the files of its extracted Debian package."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if component == "runc":
-        shutil.copyfile(extracted / "usr/sbin/runc", dest)
-        dest.chmod(0o644)
-        return
-    # Deterministic (fixed mtime, owner and order, no gzip timestamp) so the sha256 is stable between builds.
-    with open(dest, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as tar:
-        for src, arc in layout.items():
-            path = extracted / src
-            members = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-            for member in members:
-                name = f"./{member.name}" if arc == "." else arc
-                _add_tar_member(tar, member, name)
-
-
 def add_runtime_files(bundle: Path, catalog: dict) -> dict[str, tuple[str, Path]]:
-    """containerd, runc and CNI plugins at their mirror paths; returns component -> (version, path)."""
-    added = {}
-    for deb in download_suite("bookworm", tuple(RUNTIME_PACKAGES), closure=False):
-        component, layout = RUNTIME_PACKAGES[fixture._deb_field(deb, "Package")]
-        version = _upstream_version(deb)
+    """containerd, runc and CNI plugins at their mirror paths, repacked the way the lab's upstream does
+    (tests/lab/upstream.py); returns component -> (version, path)."""
+    debs = upstream._debs(RUNTIME_DEBS)
+    versions = {component: upstream._deb_version(debs[deb]) for deb, component in RUNTIME_DEBS.items()}
+
+    def dest(component: str) -> Path:
         url = resolver._render(catalog["components"][component]["url"],
-                               {"version": version, "arch": fixture.ARCH, "arch_suffix": ""}, component)
-        dest = bundle / "files" / resolver.mirror_path(url)
-        with tempfile.TemporaryDirectory() as tmp:
-            fixture._run(["dpkg-deb", "-x", str(deb), tmp])
-            _release_file(component, Path(tmp), layout, version, dest)
-        added[component] = (version, dest)
-    return added
+                               {"version": versions[component], "arch": fixture.ARCH, "arch_suffix": ""}, component)
+        return bundle / "files" / resolver.mirror_path(url)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        upstream._extract(list(debs.values()), root)
+        upstream._tar_gz(dest("containerd"), [("bin", None)] + [(f"bin/{name}", root / "usr/bin" / name)
+                                                                for name in CONTAINERD_BINARIES])
+        upstream._copy(root / "usr/sbin/runc", dest("runc")).chmod(0o644)
+        plugins = sorted(p for p in (root / "usr/lib/cni").iterdir() if p.is_file())
+        upstream._tar_gz(dest("cni-plugins"), [(f"./{p.name}", p) for p in plugins])
+    return {component: (versions[component], dest(component)) for component in versions}
 
 
 def write_apt_repo(bundle: Path, suites: dict[str, list[Path]]) -> None:
@@ -203,13 +172,30 @@ def build(out: Path) -> dict:
     }
 
 
+def recipe_hash() -> str:
+    """Hash of the code that builds the fixture: a reused fixture is one this very code built."""
+    digest = hashlib.sha256()
+    for path in (Path(__file__), Path(fixture.__file__), Path(upstream.__file__)):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="directory for airgap-bundle/, bundle.tar.gz and runtime-overlay.yml")
+    parser.add_argument("--reuse", action="store_true", help="keep a fixture in OUT built by the same code")
     args = parser.parse_args(argv)
+    record = args.out / "fixture.json"
+    if args.reuse and record.exists():
+        result = json.loads(record.read_text())
+        if result.get("recipe") == recipe_hash() and Path(result["tarball"]).exists():
+            print(json.dumps(result, indent=2))
+            return 0
     started = time.monotonic()
     result = build(args.out)
+    result["recipe"] = recipe_hash()
     result["seconds"] = round(time.monotonic() - started, 1)
+    record.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 
