@@ -609,15 +609,28 @@ def _source_tree(repo: Path, exclude: Iterable[Path], dest: Path) -> None:
         shutil.copy2(src, target)
 
 
-def build_collection(bundle: Path, out: Path) -> Path:
-    """collection/airgap-kubernetes-<version>.tar.gz from this checkout (ansible-galaxy collection build)."""
+def _tree_sha256(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def build_collection(bundle: Path, out: Path, state: dict) -> Path:
+    """collection/airgap-kubernetes-<version>.tar.gz from this checkout (ansible-galaxy collection build).
+
+    Rebuilt only when the source changed (state["collection"]), since each build differs in its timestamps.
+    """
     galaxy = shutil.which("ansible-galaxy") or str(Path(sys.executable).parent / "ansible-galaxy")
     target = bundle / "collection"
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="airgap-collection-") as tmp:
         _source_tree(REPO, [out], Path(tmp) / "src")
-        run([galaxy, "collection", "build", Path(tmp) / "src", "--output-path", target, "--force"])
+        source = _tree_sha256(Path(tmp) / "src")
+        if state.get("collection") != source or not list(target.glob("*.tar.gz")):
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            run([galaxy, "collection", "build", Path(tmp) / "src", "--output-path", target, "--force"])
+            state["collection"] = source
     built = sorted(target.glob("*.tar.gz"))
     if not built:
         raise BuildError("ansible-galaxy collection build wrote no tarball: run it by hand to see why")
@@ -682,6 +695,21 @@ def make_tarball(bundle: Path, out: Path) -> Path:
     return tarball
 
 
+STATE = ".build-state.json"
+
+
+def _load_state(out: Path) -> dict:
+    """What the last build into out made (fingerprints), so a rerun redoes only what changed."""
+    try:
+        return json.loads((out / STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _fingerprint(data: object) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
 def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.exists() else 0
 
@@ -692,6 +720,8 @@ def build(catalog: Mapping, config: Mapping, options: Options, progress: Optiona
     out = Path(options.out).resolve()
     bundle = out / BUNDLE_NAME
     bundle.mkdir(parents=True, exist_ok=True)
+    state = _load_state(out)
+    (out / STATE).unlink(missing_ok=True)  # written again only when this build succeeds
     (bundle / bundlefmt.MANIFEST).unlink(missing_ok=True)
     plan = make_plan(catalog, config, options.arches, options.suites)
     insecure = [str(h) for h in (config.get("upstream_insecure_registries") or [])]
@@ -718,7 +748,11 @@ def build(catalog: Mapping, config: Mapping, options: Options, progress: Optiona
         progress.start("apt packages", len(debs), "debs")
         download_all(list(debs.values()), bundle, progress, options.jobs, options.retries, options.cache)
         prune(bundle / "apt" / "pool", set(debs), bundle)
-        write_apt_repo(bundle, {suite: plan.arches for suite in plan.suites})
+        apt_print = _fingerprint([plan.suites, plan.arches, sorted((j.path, j.sha256) for j in debs.values())])
+        # The same debs keep the same signed indexes and key: a rerun leaves the bundle unchanged.
+        if state.get("apt") != apt_print or not (bundle / bundlefmt.APT_KEY).is_file():
+            write_apt_repo(bundle, {suite: plan.arches for suite in plan.suites})
+        state["apt"] = apt_print
         progress.finish()
     else:
         shutil.rmtree(bundle / "apt", ignore_errors=True)
@@ -733,7 +767,7 @@ def build(catalog: Mapping, config: Mapping, options: Options, progress: Optiona
         shutil.rmtree(bundle / "wheelhouse", ignore_errors=True)
     if options.collection:
         progress.start("collection", 1, "steps")
-        build_collection(bundle, out)
+        build_collection(bundle, out, state)
         progress.advance(items=1)
         progress.finish()
     else:
@@ -743,18 +777,37 @@ def build(catalog: Mapping, config: Mapping, options: Options, progress: Optiona
     leftovers = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*.part"))
     for rel in leftovers:
         (bundle / rel).unlink()
-    manifest = bundlefmt.write_manifest(bundle, images=digests, arches=plan.arches,
+    def write(created: Optional[str] = None) -> dict:
+        return bundlefmt.write_manifest(bundle, images=digests, arches=plan.arches,
                                         apt_suites=plan.suites if debs else [], versions=plan.versions,
-                                        config={**plan.config, "apt_packages": plan.packages})
+                                        config={**plan.config, "apt_packages": plan.packages}, created=created)
+
+    manifest = write()
+    content = _fingerprint({k: v for k, v in manifest.items() if k != "created"})
+    if state.get("manifest") == content and state.get("created"):
+        manifest = write(state["created"])  # unchanged content keeps its date: the same bytes, the same tarball
+    state.update(manifest=content, created=manifest["created"])
+    # A blob damaged in registry storage by an earlier run would be kept by skopeo (it skips known blobs).
+    problems = bundlefmt.verify_bundle(bundle)
+    if problems:
+        raise BuildError(f"{bundle} does not match its own manifest: {'; '.join(map(str, problems[:5]))}: "
+                         f"remove {bundle} and build again")
     progress.advance(items=1)
     progress.finish()
 
     tarball = None
     if options.tarball:
         progress.start("tarball", 1, "steps")
-        tarball = make_tarball(bundle, out)
+        tarball = out / TARBALL
+        packed = _fingerprint(sha256_file(bundle / bundlefmt.MANIFEST))
+        sha_file = out / (TARBALL + ".sha256")
+        if (state.get("tarball") != packed or not tarball.is_file() or not sha_file.is_file()
+                or sha_file.read_text().split()[:1] != [sha256_file(tarball)]):
+            make_tarball(bundle, out)
+        state["tarball"] = packed
         progress.advance(items=1)
         progress.finish()
+    (out / STATE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     sizes = {part: _du(bundle / part) for part in ("files", "registry", "apt", "wheelhouse", "collection")}
     sizes["bundle"] = _du(bundle)
     if tarball:

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 RELEASE = os.environ.get("AIRGAP_LAB_RELEASE", lab.DEFAULT_RELEASE)
 SUITE = RELEASE
 PKI = "/etc/airgap-kubernetes/pki"
-HTTPS, REGISTRY = 443, 5443
+# The collection's defaults: files_repo https://<bundle_server_host>:8443/files, registry_host <bundle_server_host>:5000.
+HTTPS, REGISTRY = 8443, 5000
 # The package the node installs from the bundle's apt repo: in the catalog, not in the node image.
 APT_PACKAGE = "socat"
 
@@ -78,7 +79,10 @@ def manifest(built: Path) -> dict:
 def served(built: Path, the_lab: lab.Lab, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The bundle on the lab's bundle host, served by the bundle_server role; returns the server's address."""
     bundle_host = the_lab.host("bundle")
-    lab.docker("exec", bundle_host.container, "mkdir", "-p", "/srv/airgap")
+    # As on an air-gapped host: no Debian source, no package lists from one (the node image has both).
+    lab.docker("exec", bundle_host.container, "sh", "-c",
+               "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/debian.sources /var/lib/apt/lists/deb.debian.org_*"
+               " && mkdir -p /srv/airgap")
     for name in ("bundle.tar.gz", "bundle.tar.gz.sha256"):
         lab.docker("cp", str(built / name), f"{bundle_host.container}:/srv/airgap/{name}")
     playbook = tmp_path_factory.mktemp("play") / "serve.yml"
@@ -90,7 +94,15 @@ def served(built: Path, the_lab: lab.Lab, tmp_path_factory: pytest.TempPathFacto
         "        bundle_server_chrony_daemon_opts: \"-F 1 -x\"\n")
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = _run(["ansible-playbook", "-i", the_lab.dir / "inventory", playbook], cwd=REPO, env=env)
+    proc = subprocess.run(["ansible-playbook", "-i", str(the_lab.dir / "inventory"), str(playbook)], cwd=REPO,
+                          env=env, text=True, capture_output=True, timeout=1800)
+    if proc.returncode != 0:
+        failed = [line for line in proc.stdout.splitlines() if line.startswith(("fatal:", "TASK ["))][-4:]
+        units = lab.docker("exec", bundle_host.container, "sh", "-c",
+                           "systemctl --failed --no-legend; for u in chrony nginx docker-registry; do "
+                           "journalctl -u $u --no-pager -n 8; done", check=False).stdout
+        pytest.fail("the bundle_server role failed on the lab's bundle host:\n" + "\n".join(failed)
+                    + f"\n--- bundle host units ---\n{units}", pytrace=False)
     print(proc.stdout[-1500:])
     return bundle_host.ip
 
@@ -145,8 +157,8 @@ def test_node_installs_a_package_from_the_bundles_signed_apt_repo(node_trusts_ca
     opts = "-o Dir::Etc::SourceList=/etc/apt/sources.list.d/airgap.list -o Dir::Etc::SourceParts=-"
     _ssh(the_lab, "node1", f"""
         mkdir -p /etc/apt/keyrings
-        curl -fsS https://{server}/keys/bundle-apt.asc -o /etc/apt/keyrings/airgap-bundle.asc
-        echo 'deb [signed-by=/etc/apt/keyrings/airgap-bundle.asc] https://{server}/apt {SUITE} main' \
+        curl -fsS https://{server}:{HTTPS}/keys/bundle-apt.asc -o /etc/apt/keyrings/airgap-bundle.asc
+        echo 'deb [signed-by=/etc/apt/keyrings/airgap-bundle.asc] https://{server}:{HTTPS}/apt {SUITE} main' \
             > /etc/apt/sources.list.d/airgap.list
         apt-get {opts} update -q
         DEBIAN_FRONTEND=noninteractive apt-get {opts} install -y -q {APT_PACKAGE}
@@ -157,7 +169,7 @@ def test_node_installs_a_package_from_the_bundles_signed_apt_repo(node_trusts_ca
 def test_apt_refuses_the_repo_under_another_key(node_trusts_ca: str, the_lab: lab.Lab) -> None:
     server = node_trusts_ca
     proc = _ssh(the_lab, "node1", f"""
-        echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] https://{server}/apt {SUITE} main' \
+        echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] https://{server}:{HTTPS}/apt {SUITE} main' \
             > /tmp/wrong-key.list
         apt-get -o Dir::Etc::SourceList=/tmp/wrong-key.list -o Dir::Etc::SourceParts=- \
             -o Dir::State::Lists=/tmp/wrong-key-lists update 2>&1
@@ -167,7 +179,7 @@ def test_apt_refuses_the_repo_under_another_key(node_trusts_ca: str, the_lab: la
 
 def test_node_downloads_a_file_and_verifies_its_sha256(node_trusts_ca: str, the_lab: lab.Lab, manifest: dict) -> None:
     path = next(p for p in manifest["files"] if p.endswith("/runc.amd64"))
-    out = _ssh(the_lab, "node1", f"curl -fsS https://{node_trusts_ca}/{path} -o /usr/local/sbin/runc && "
+    out = _ssh(the_lab, "node1", f"curl -fsS https://{node_trusts_ca}:{HTTPS}/{path} -o /usr/local/sbin/runc && "
                                   "chmod 0755 /usr/local/sbin/runc && sha256sum /usr/local/sbin/runc").stdout
     assert out.split()[0] == manifest["files"][path]["sha256"]
 
@@ -187,9 +199,9 @@ def containerd_on_node(node_trusts_ca: str, the_lab: lab.Lab, manifest: dict) ->
     hosts = "".join(f"mkdir -p /etc/containerd/certs.d/{h}\ncat > /etc/containerd/certs.d/{h}/hosts.toml <<'EOF'\n"
                     f"{_hosts_toml(server, h)}EOF\n" for h in ("registry.k8s.io", "docker.io"))
     _ssh(the_lab, "node1", f"""
-        curl -fsS https://{server}/{tarball} -o /root/containerd.tar.gz
+        curl -fsS https://{server}:{HTTPS}/{tarball} -o /root/containerd.tar.gz
         echo '{manifest["files"][tarball]["sha256"]}  /root/containerd.tar.gz' | sha256sum -c --quiet
-        curl -fsS https://{server}/{runc} -o /usr/local/sbin/runc && chmod 0755 /usr/local/sbin/runc
+        curl -fsS https://{server}:{HTTPS}/{runc} -o /usr/local/sbin/runc && chmod 0755 /usr/local/sbin/runc
         echo '{manifest["files"][runc]["sha256"]}  /usr/local/sbin/runc' | sha256sum -c --quiet
         tar -C /usr/local -xzf /root/containerd.tar.gz
         {hosts}
