@@ -96,10 +96,6 @@ def add_files(bundle: Path) -> dict[str, str]:
     return versions
 
 
-def _gpg(home: str, *args: str, **kw) -> subprocess.CompletedProcess:
-    return _run(["gpg", "--homedir", home, "--batch", "--yes", "--no-tty", *args], **kw)
-
-
 def add_apt_repo(bundle: Path) -> None:
     """apt/dists/<suite> and apt/pool/<suite>, Release signed with a key made for this bundle (keys/bundle-apt.asc)."""
     pool = bundle / "apt" / "pool" / SUITE / "main"
