@@ -14,8 +14,8 @@ def test_apt_reads_only_the_bundle_repo_over_https(host):
     release = host.system_info.codename
     policy = host.check_output("apt-cache policy")
     sources = set(re.findall(r"^\s+\d+ (\S+) ", policy, re.MULTILINE)) - {"/var/lib/dpkg/status"}
-    assert sources == {f"https://{BUNDLE}/apt"}, policy
-    assert f"https://{BUNDLE}/apt {release}/main" in policy
+    assert sources == {f"https://{BUNDLE}:8443/apt"}, policy
+    assert f"https://{BUNDLE}:8443/apt {release}/main" in policy
     assert not host.file("/etc/apt/sources.list").exists
     assert host.file("/etc/apt/sources.list.airgap-disabled").exists
     assert host.file("/etc/apt/sources.list.d/airgap-bundle.sources").contains("Signed-By: /etc/apt/keyrings/airgap-bundle.asc")
@@ -27,7 +27,7 @@ def test_catalog_packages_are_installed_from_the_bundle(host):
     policy = host.check_output("apt-cache policy socat")
     installed = re.search(r"Installed: (\S+)", policy).group(1)
     # The installed version is offered by the bundle repo (and nothing else but dpkg's status).
-    assert re.search(rf"\*\*\* {re.escape(installed)} \d+\n\s+\d+ https://{BUNDLE}/apt ", policy), policy
+    assert re.search(rf"\*\*\* {re.escape(installed)} \d+\n\s+\d+ https://{BUNDLE}:8443/apt ", policy), policy
 
 
 def test_swap_is_off_and_stays_off(host):
@@ -59,5 +59,5 @@ def test_bundle_server_name_resolves_through_etc_hosts(host):
 def test_cluster_ca_is_trusted_by_the_system(host):
     assert host.file("/usr/local/share/ca-certificates/airgap-kubernetes-ca.crt").exists
     # No --cacert: the system trust store alone must accept the bundle server's certificate.
-    assert host.run(f"curl -sS --fail -o /dev/null https://{BUNDLE}/keys/bundle-apt.asc").rc == 0
-    assert host.run(f"curl -sS --fail -o /dev/null https://{BUNDLE}:5443/v2/").rc == 0
+    assert host.run(f"curl -sS --fail -o /dev/null https://{BUNDLE}:8443/keys/bundle-apt.asc").rc == 0
+    assert host.run(f"curl -sS --fail -o /dev/null https://{BUNDLE}:5000/v2/").rc == 0
