@@ -91,8 +91,12 @@ def served(built: Path, the_lab: lab.Lab, tmp_path_factory: pytest.TempPathFacto
         "    - role: airgap.kubernetes.bundle_server\n      vars:\n"
         "        bundle_server_bundle_archive: /srv/airgap/bundle.tar.gz\n"
         "        # The lab's hosts share the machine's kernel clock: chrony must not set it.\n"
-        "        bundle_server_chrony_daemon_opts: \"-F 1 -x\"\n")
+        "        bundle_server_chrony_daemon_opts: \"-F 1 -x\"\n"
+        "        # The nodes' subnet: the lab's network.\n"
+        f"        bundle_server_ntp_allow: [\"{the_lab.subnet}\"]\n")
+    # Facts are cached per inventory host name; another lab's `bundle` must not lend this one its addresses.
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+           "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(the_lab.dir / "facts"),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(["ansible-playbook", "-i", str(the_lab.dir / "inventory"), str(playbook)], cwd=REPO,
                           env=env, text=True, capture_output=True, timeout=1800)
@@ -169,6 +173,7 @@ def test_node_installs_a_package_from_the_bundles_signed_apt_repo(node_trusts_ca
 def test_apt_refuses_the_repo_under_another_key(node_trusts_ca: str, the_lab: lab.Lab) -> None:
     server = node_trusts_ca
     proc = _ssh(the_lab, "node1", f"""
+        mkdir -p /tmp/wrong-key-lists/partial
         echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] https://{server}:{HTTPS}/apt {SUITE} main' \
             > /tmp/wrong-key.list
         apt-get -o Dir::Etc::SourceList=/tmp/wrong-key.list -o Dir::Etc::SourceParts=- \
