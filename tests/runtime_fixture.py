@@ -13,7 +13,7 @@ CLI: python3 tests/runtime_fixture.py [--reuse] OUT_DIR
 from __future__ import annotations
 
 import argparse
-import gzip
+import fcntl
 import hashlib
 import json
 import shutil
@@ -28,14 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bundle_fixture as fixture  # noqa: E402
 from lab import upstream  # noqa: E402
 
+from ansible_collections.airgap.kubernetes.plugins.module_utils import build_bundle as builder  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import catalog_overlay  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import config as cfg  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver  # noqa: E402
 
 SUITES = ("bookworm", "trixie")
-MIRROR = "http://deb.debian.org/debian"
-KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Packages Ansible's own modules need on the nodes (apt, community.crypto), beside the catalog's.
 TOOL_PACKAGES = ("python3-apt", "python3-cryptography")
 # Debian package -> the catalog component whose upstream release file it plays.
@@ -50,38 +49,17 @@ def catalog_packages() -> list[str]:
                    if c.get("kind") == "package" and c.get("packages", {}).get("debian")})
 
 
-def _apt_root(suite: str) -> tuple[Path, list[str]]:
-    """A private apt configuration for one Debian suite (the host's sources stay out of it), updated once."""
-    root = fixture.CACHE / "apt" / suite
-    opts = [f"-oDir::Etc::SourceList={root / 'sources.list'}", "-oDir::Etc::SourceParts=-",
-            f"-oDir::State={root / 'state'}", f"-oDir::State::status={root / 'status'}",
-            f"-oDir::Cache={root / 'cache'}", "-oAPT::Architecture=amd64", "-oAPT::Architectures=amd64",
-            "-oAPT::Get::AllowUnauthenticated=false"]
-    if not (root / ".updated").exists():
-        for sub in ("state/lists/partial", "cache/archives/partial"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        (root / "status").touch()
-        (root / "sources.list").write_text(f"deb [signed-by={KEYRING}] {MIRROR} {suite} main\n")
-        fixture._run(["apt-get", *opts, "update", "-q"])
-        (root / ".updated").touch()
-    return root, opts
-
-
-def download_suite(suite: str, packages: tuple[str, ...], closure: bool = True) -> list[Path]:
-    """The .debs of packages (with their dependency closure) from one suite, downloaded once into the cache."""
-    key = hashlib.sha256(json.dumps([suite, sorted(packages), closure]).encode()).hexdigest()[:16]
-    dest = fixture.CACHE / "debs" / f"{suite}-runtime-{key}"
-    if not (dest / ".complete").exists():
-        _, opts = _apt_root(suite)
-        names = list(packages)
-        if closure:
-            out = fixture._run(["apt-cache", *opts, "depends", "--recurse", "--no-recommends", "--no-suggests",
-                                "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *packages]).stdout
-            names = sorted({ln.strip() for ln in out.splitlines() if ln and not ln.startswith((" ", "<"))})
-        dest.mkdir(parents=True, exist_ok=True)
-        fixture._run(["apt-get", *opts, "download", "-q", *names], cwd=dest)
-        (dest / ".complete").write_text("\n".join(names) + "\n")
-    return sorted(dest.glob("*.deb"))
+def add_apt_suites(bundle: Path, packages: tuple[str, ...]) -> None:
+    """apt/pool/<suite> with packages and their closure for every suite, through the bundle builder's own apt code
+    (plugins/module_utils/build_bundle.py), then apt/dists signed with a new key."""
+    shutil.rmtree(bundle / "apt", ignore_errors=True)
+    progress = builder.Progress(live=False)
+    for suite in SUITES:
+        jobs = builder.apt_closure(list(packages), suite, fixture.ARCH)
+        progress.start(f"apt {suite}", len(jobs))
+        builder.download_all(jobs, bundle, progress, cache=fixture.CACHE / "deb-cache")
+        progress.finish()
+    builder.write_apt_repo(bundle, {suite: [fixture.ARCH] for suite in SUITES})
 
 
 def add_runtime_files(bundle: Path, catalog: dict) -> dict[str, tuple[str, Path]]:
@@ -106,43 +84,6 @@ def add_runtime_files(bundle: Path, catalog: dict) -> dict[str, tuple[str, Path]
     return {component: (versions[component], dest(component)) for component in versions}
 
 
-def write_apt_repo(bundle: Path, suites: dict[str, list[Path]]) -> None:
-    """apt/dists/<suite> and apt/pool/<suite> for each suite, signed with one new key (keys/bundle-apt.asc)."""
-    apt = bundle / "apt"
-    shutil.rmtree(apt, ignore_errors=True)
-    shutil.rmtree(bundle / "keys", ignore_errors=True)
-    for suite, debs in suites.items():
-        pool = apt / "pool" / suite / "main"
-        pool.mkdir(parents=True)
-        for deb in debs:
-            shutil.copyfile(deb, pool / deb.name)
-        binary = apt / "dists" / suite / "main" / f"binary-{fixture.ARCH}"
-        binary.mkdir(parents=True)
-        packages = fixture._run(["apt-ftparchive", "packages", f"pool/{suite}"], cwd=apt).stdout
-        (binary / "Packages").write_text(packages)
-        with gzip.open(binary / "Packages.gz", "wt") as handle:
-            handle.write(packages)
-        opts = {"Origin": "airgap.kubernetes", "Label": "airgap.kubernetes bundle", "Suite": suite,
-                "Codename": suite, "Architectures": fixture.ARCH, "Components": "main"}
-        release = fixture._run(
-            ["apt-ftparchive", *[f"-oAPT::FTPArchive::Release::{k}={v}" for k, v in opts.items()], "release", "."],
-            cwd=apt / "dists" / suite).stdout
-        (apt / "dists" / suite / "Release").write_text(release)
-    home = tempfile.mkdtemp(prefix="agpg-", dir="/tmp")
-    try:
-        fixture._gpg(home, "--passphrase", "", "--quick-gen-key", "airgap.kubernetes bundle <bundle@airgap.invalid>",
-                     "ed25519", "sign", "never")
-        (bundle / "keys").mkdir()
-        (bundle / bundlefmt.APT_KEY).write_text(fixture._gpg(home, "--armor", "--export").stdout)
-        for suite in suites:
-            rel = apt / "dists" / suite
-            fixture._gpg(home, "--clearsign", "-o", str(rel / "InRelease"), str(rel / "Release"))
-            fixture._gpg(home, "--armor", "--detach-sign", "-o", str(rel / "Release.gpg"), str(rel / "Release"))
-    finally:
-        fixture.subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
-
-
 def build(out: Path) -> dict:
     """The bundle fixture extended for layer 01, as bundle.tar.gz, and the catalog overlay for its versions."""
     out = Path(out)
@@ -150,7 +91,7 @@ def build(out: Path) -> dict:
     catalog = cfg.load_defaults(fixture.REPO)["airgap_catalog"]
     runtime = add_runtime_files(base.dir, catalog)
     packages = tuple(sorted(set(catalog_packages()) | set(fixture.APT_PACKAGES) | set(TOOL_PACKAGES)))
-    write_apt_repo(base.dir, {suite: download_suite(suite, packages) for suite in SUITES})
+    add_apt_suites(base.dir, packages)
     overlay = catalog_overlay.make_overlay((name, version, fixture.ARCH, path)
                                            for name, (version, path) in runtime.items())
     overlay_file = out / "runtime-overlay.yml"
@@ -175,7 +116,7 @@ def build(out: Path) -> dict:
 def recipe_hash() -> str:
     """Hash of the code that builds the fixture: a reused fixture is one this very code built."""
     digest = hashlib.sha256()
-    for path in (Path(__file__), Path(fixture.__file__), Path(upstream.__file__)):
+    for path in (Path(__file__), Path(fixture.__file__), Path(upstream.__file__), Path(builder.__file__)):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -185,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="directory for airgap-bundle/, bundle.tar.gz and runtime-overlay.yml")
     parser.add_argument("--reuse", action="store_true", help="keep a fixture in OUT built by the same code")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    # Scenarios may run side by side: one builds, the others wait and reuse.
+    lock = open(args.out / ".lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     record = args.out / "fixture.json"
     if args.reuse and record.exists():
         result = json.loads(record.read_text())
