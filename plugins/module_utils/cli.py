@@ -107,20 +107,17 @@ def _make_run(args: argparse.Namespace, command: str, inventory: Path) -> steps.
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Starts (or reuses) the demo lab, then deploys every layer that exists so far."""
-    lab = [sys.executable, str(REPO / "tests" / "lab" / "lab.py")]
-    if (REPO / ".lab" / DEMO_LAB / "lab.json").exists():
-        # A rerun resumes the same lab: its nodes keep what earlier layers did.
-        print(f"demo lab '{DEMO_LAB}' exists: reusing it (tear it down with tests/lab/lab.py down {DEMO_LAB})")
-        subprocess.call(["docker", "start"] + [f"{DEMO_LAB}-node{i}" for i in range(1, args.demo_nodes + 1)]
-                        + [f"{DEMO_LAB}-bundle"], stdout=subprocess.DEVNULL)
-    else:
-        code = subprocess.call(lab + ["up", DEMO_LAB, "--nodes", str(args.demo_nodes), "--release", args.release,
-                                      "--internal"], cwd=REPO)
-        if code != 0:
-            return code
-    inventory = REPO / ".lab" / DEMO_LAB / "inventory" / "hosts.yml"
-    run = steps.Run(command="deploy-cluster", inventory=inventory, repo=REPO, extra_vars=tuple(args.extra_vars))
+    """Starts (or reuses) the demo lab, builds its bundle, then deploys every layer that exists so far."""
+    sys.path.insert(0, str(REPO / "tests" / "lab"))
+    import cluster  # the lab's own helper: nodes, local upstream, build-bundle (tests/lab/cluster.py)
+    try:
+        prepared = cluster.prepare(DEMO_LAB, args.demo_nodes, args.release)
+    except (cluster.lab.LabError, cluster.upstream.UpstreamError) as exc:
+        print(f"run.sh demo: error: {exc}", file=sys.stderr)
+        return 2
+    inventory = prepared.inventory
+    run = steps.Run(command="deploy-cluster", inventory=inventory, repo=REPO, extra_vars=tuple(args.extra_vars),
+                    bundle_manifest=prepared.bundle_dir / "manifest.json")
     code = steps.execute(run, args.from_step, args.only_step, _tool("ansible-playbook"), stop_at_missing=True)
     records = steps.StateFile(run.state_dir / "steps.json").load().get(run.key, {})
     done = [s for s in run.steps if records.get(s) and records[s].status == "done"]
@@ -161,7 +158,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             steps.describe(inventory)
             return 0
         run = _make_run(args, args.command, inventory)
-        return steps.execute(run, args.from_step, args.only_step, _tool("ansible-playbook"))
+        # deploy-cluster deploys the layers this version has, then names the first missing one (exit 3);
+        # the other commands refuse to start when a playbook they need is missing.
+        return steps.execute(run, args.from_step, args.only_step, _tool("ansible-playbook"),
+                             stop_at_missing=args.command == "deploy-cluster")
     except steps.StepError as exc:
         print(f"run.sh: error: {exc}", file=sys.stderr)
         return 2

@@ -501,6 +501,15 @@ kubeadm_ignore_preflight_errors:
 kube_network_plugin: bridge
 # The only Kubernetes the lab can build offline (Debian's source package).
 kube_version: v1.20.2
+# The nodes are containers sharing the host's kernel and clock: chrony follows the bundle server but
+# must not set the clock, and kernel parameters the container cannot write are the host's to set.
+bootstrap_os_chrony_daemon_opts: "-F 1 -x"
+bundle_server_chrony_daemon_opts: "-F 1 -x"
+bootstrap_os_sysctl_skip_readonly: true
+# The bundle server serves time to the lab's network.
+bundle_server_ntp_allow: ["{lab.subnet}"]
+# Where the operator (or `run.sh demo`) puts the bundle tarball on the bundle host.
+bundle_server_bundle_archive: /srv/airgap/bundle.tar.gz
 # Hierarchies the host does not mount would be one tree shared by every node's kubelet.
 lab_unmount_cgroups:
 {cgroups}"""

@@ -1,0 +1,125 @@
+"""A lab ready for `run.sh deploy-cluster`: lab nodes on an internal network, and a bundle built for them.
+
+What an operator does by hand, done for the demo and the end-to-end tests:
+  1. the lab's nodes and bundle host (tests/lab/lab.py), reused when the lab exists;
+  2. the lab's local upstream (tests/lab/upstream.py) plays the internet for build-bundle;
+  3. `run.sh build-bundle` for the lab's inventory, on this machine (the "connected host");
+  4. the inventory learns where the tarball is (bundle_server_bundle_upload): layer 01 copies it to the bundle
+     host, which unpacks, verifies and serves it.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import lab  # type: ignore  # noqa: E402
+    import upstream  # type: ignore  # noqa: E402
+else:
+    from . import lab, upstream
+
+REPO = Path(__file__).resolve().parents[2]
+OS_OF_RELEASE = {"bookworm": "debian12", "trixie": "debian13"}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    lab: "lab.Lab"
+    inventory: Path      # the inventory file (hosts.yml)
+    bundle_dir: Path     # the unpacked bundle (manifest.json): run.sh --bundle
+    seconds: dict        # what each preparation stage took
+
+
+def _existing(name: str) -> Optional["lab.Lab"]:
+    """The lab NAME when it exists and all its containers do; started if they were stopped."""
+    try:
+        the_lab = lab.load(name)
+    except lab.LabError:
+        return None
+    containers = [h.container for h in the_lab.hosts]
+    running = lab.docker("ps", "-a", "--filter", f"label={lab.LABEL}={name}", "--format", "{{.Names}}",
+                         check=False).stdout.split()
+    if sorted(running) != sorted(containers):
+        return None
+    lab.docker("start", *containers)
+    return the_lab
+
+
+def build_bundle(the_lab: "lab.Lab", log: Callable[[str], None] = print) -> Path:
+    """Builds the lab's bundle into <lab>/bundle with run.sh build-bundle from the local upstream; returns OUT."""
+    inventory_dir = the_lab.dir / "inventory"
+    workdir = the_lab.dir / "upstream"
+    vars_path = upstream.up(workdir)
+    try:
+        # The inventory carries the upstream's versions and catalog overlay, so the deploy resolves what was built.
+        # Where the builder fetches from (upstream_bases: loopback) is the builder's alone, given with -e.
+        config = yaml.safe_load(vars_path.read_text())
+        builder_only = {k: config.pop(k) for k in ("upstream_bases", "upstream_insecure_registries")}
+        (inventory_dir / "group_vars" / "all" / "upstream.yml").write_text(
+            "---\n# Written by tests/lab/cluster.py from tests/lab/upstream.py's vars: what the lab can build.\n"
+            + yaml.safe_dump(config, sort_keys=True))
+        builder_vars = the_lab.dir / "build-bundle-vars.yml"
+        builder_vars.write_text("---\n" + yaml.safe_dump(builder_only, sort_keys=True))
+        out = the_lab.dir / "bundle"
+        cmd = [str(REPO / "run.sh"), "build-bundle", "-i", str(inventory_dir), "-e", f"@{builder_vars}", "--arch", "amd64",
+               "--os", OS_OF_RELEASE[the_lab.release], "--out", str(out), "--no-wheelhouse", "--progress", "lines"]
+        log("$ " + " ".join(cmd))
+        proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise lab.LabError(f"build-bundle failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    finally:
+        upstream.down(workdir)
+    return out
+
+
+def prepare(name: str, nodes: int, release: str = lab.DEFAULT_RELEASE, etcd: Optional[int] = None,
+            log: Callable[[str], None] = print) -> Prepared:
+    """The lab NAME (made or reused) with its bundle built and its inventory pointing at it."""
+    seconds = {}
+    t0 = time.monotonic()
+    the_lab = _existing(name)
+    if the_lab is None:
+        lab.down(name)
+        log(f"lab {name}: {nodes} nodes + bundle host, Debian {release}, internal network")
+        the_lab = lab.up(name, nodes=nodes, release=release, internal=True, etcd=etcd)
+    else:
+        log(f"lab {name} exists: reusing it (tear it down with python3 tests/lab/lab.py down {name})")
+    seconds["lab"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    out = build_bundle(the_lab, log)
+    seconds["build-bundle"] = time.monotonic() - t0
+    bundle_vars = {
+        "bundle_server_bundle_upload": str(out / "bundle.tar.gz"),
+    }
+    (the_lab.dir / "inventory" / "group_vars" / "all" / "bundle.yml").write_text(
+        "---\n# Written by tests/lab/cluster.py: layer 01 copies this controller's bundle to the bundle host.\n"
+        + yaml.safe_dump(bundle_vars))
+    return Prepared(the_lab, the_lab.dir / "inventory" / "hosts.yml", out / "airgap-bundle", seconds)
+
+
+def main(argv: Optional[list] = None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name")
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--release", default=lab.DEFAULT_RELEASE, choices=sorted(OS_OF_RELEASE))
+    args = parser.parse_args(argv)
+    try:
+        prepared = prepare(args.name, args.nodes, args.release)
+    except (lab.LabError, upstream.UpstreamError) as exc:
+        print(f"cluster: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"inventory: {prepared.inventory}\nbundle: {prepared.bundle_dir}")
+    print("  ".join(f"{k} {v:.1f} s" for k, v in prepared.seconds.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
