@@ -9,8 +9,14 @@ REQUIRED_GROUPS = ("kube_control_plane", "etcd", "k8s_cluster", "bundle_server")
 ROLE_GROUPS = ("kube_control_plane", "kube_node", "etcd", "bundle_server", "bastion")
 
 
-def _address(hostvars: Mapping[str, object], host: str) -> str:
-    return str(hostvars.get("ip") or hostvars.get("ansible_host") or host)
+def _addresses(hostvars: Mapping[str, object], host: str) -> set[str]:
+    """The addresses that must belong to this host alone: its cluster ip and its SSH endpoint."""
+    ssh = str(hostvars.get("ansible_host") or host)
+    port = hostvars.get("ansible_port")
+    found = {ssh if port in (None, "", 22, "22") else f"{ssh} port {port}"}
+    if hostvars.get("ip"):
+        found.add(str(hostvars["ip"]))
+    return found
 
 
 def inventory_problems(groups: Mapping[str, Iterable[str]], hostvars: Mapping[str, Mapping[str, object]],
@@ -37,11 +43,12 @@ def inventory_problems(groups: Mapping[str, Iterable[str]], hostvars: Mapping[st
         problems.append(f"host {host} is in no group ({', '.join(ROLE_GROUPS)}): add it to one, or delete it")
     by_address: dict[str, list[str]] = defaultdict(list)
     for host in groups.get("all", []):
-        by_address[_address(hostvars.get(host, {}), host)].append(host)
+        for address in _addresses(hostvars.get(host, {}), host):
+            by_address[address].append(host)
     for address, hosts in sorted(by_address.items()):
         if len(hosts) > 1:
             problems.append(f"hosts {', '.join(sorted(hosts))} share the address {address}: "
-                            f"give each host its own ip/ansible_host")
+                            f"give each host its own ip and ansible_host")
     if len(groups.get("bundle_server", [])) > 1:
         problems.append(f"bundle_server has {len(groups['bundle_server'])} hosts: it takes exactly one")
     return problems

@@ -128,12 +128,26 @@ def test_nodes_behind_a_bastion_are_reached_through_it(lab):
     assert through.returncode == 0
 
 
-def test_an_even_etcd_count_fails_before_any_host_is_contacted(lab):
-    def even_etcd(data):
-        data["all"]["children"]["etcd"] = {"hosts": {"node1": {}, "node2": {}}}
+def _even_etcd(data):
+    data["all"]["children"]["etcd"] = {"hosts": {"node1": {}, "node2": {}}}
 
-    inventory = derived_inventory(lab, "inventory-even", even_etcd)
+
+def _stray_host(data):
+    data["all"]["hosts"]["node9"] = {"ansible_host": "172.30.255.9"}
+
+
+def _duplicate_address(data):
+    data["all"]["hosts"]["node3"]["ansible_host"] = data["all"]["hosts"]["node2"]["ansible_host"]
+
+
+@pytest.mark.parametrize("name, change, expected", [
+    ("even", _even_etcd, "etcd has 2 members (node1, node2)"),
+    ("stray", _stray_host, "host node9 is in no group ("),
+    ("duplicate", _duplicate_address, "hosts node2, node3 share the address {node2}"),
+])
+def test_a_bad_inventory_fails_before_any_host_is_contacted(lab, name, change, expected):
+    inventory = derived_inventory(lab, f"inventory-{name}", change)
     proc = run_sh("deploy-cluster", "--only", "00-ssh", inventory=inventory)
     assert proc.returncode != 0
-    assert "etcd has 2 members (node1, node2)" in proc.stdout
+    assert expected.format(node2=hosts_of(lab)["node2"]["ansible_host"]) in proc.stdout
     assert "Open an SSH session" not in proc.stdout

@@ -47,7 +47,29 @@ def test_duplicate_addresses_name_both_hosts_and_the_address():
     hostvars = hostvars_for(groups)
     hostvars["node4"] = {"ansible_host": hostvars["node2"]["ip"]}
     [problem] = inventory_problems(groups, hostvars)
-    assert problem == ("hosts node2, node4 share the address 10.0.0.12: give each host its own ip/ansible_host")
+    assert problem == ("hosts node2, node4 share the address 10.0.0.12: give each host its own ip and ansible_host")
+
+
+def test_the_same_ssh_endpoint_is_a_duplicate_even_with_distinct_ips():
+    groups = good_groups()
+    hostvars = hostvars_for(groups)
+    hostvars["node2"]["ansible_host"] = hostvars["node4"]["ansible_host"] = "192.0.2.7"
+    [problem] = inventory_problems(groups, hostvars)
+    assert problem.startswith("hosts node2, node4 share the address 192.0.2.7:")
+
+
+def test_one_address_on_distinct_ssh_ports_is_not_a_duplicate():
+    groups = good_groups()
+    hostvars = hostvars_for(groups)
+    hostvars["node2"].update(ansible_host="192.0.2.7", ansible_port=2202)
+    hostvars["node4"].update(ansible_host="192.0.2.7", ansible_port=2204)
+    assert inventory_problems(groups, hostvars) == []
+
+
+def test_a_host_whose_ip_is_its_ansible_host_is_not_its_own_duplicate():
+    groups = good_groups()
+    hostvars = {h: {"ip": v["ip"], "ansible_host": v["ip"]} for h, v in hostvars_for(groups).items()}
+    assert inventory_problems(groups, hostvars) == []
 
 
 def test_missing_required_groups_are_each_named():
