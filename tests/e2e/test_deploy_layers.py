@@ -20,6 +20,7 @@ NAME = "e2e-layers"
 LAYERS = ("00-ssh", "01-bootstrap-os", "02-etcd")
 # What deploy-cluster prints when it reaches the first layer this version does not have yet.
 NOT_YET = "== stop at 03-control-plane"
+PYTHONLESS = "node3"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
@@ -30,6 +31,11 @@ def prepared():
     cluster.lab.down(NAME)
     try:
         ready = cluster.prepare(NAME, nodes=3)
+        # node3 starts like a minimal image without python3: layer 01 must bring it from the bundle.
+        purge = ready.lab.ssh_args(PYTHONLESS) + [
+            "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "
+            "$(dpkg-query -W -f '${Package}\\n' 'python3*' 'libpython3*') && ! command -v python3"]
+        subprocess.run(purge, check=True, capture_output=True, timeout=300)
         print(f"\nprepared in {', '.join(f'{k} {v:.1f} s' for k, v in ready.seconds.items())}")
         yield ready
     finally:
@@ -72,7 +78,7 @@ def test_a_deploy_killed_in_01_resumes_there_and_finishes(prepared):
     log = prepared.inventory.parent / ".airgap" / "logs" / "01-bootstrap-os.log"
     deadline = time.monotonic() + 900
     # Killed once the nodes' own bootstrap is under way: the bundle server is up, the nodes half done.
-    while not (log.exists() and "TASK [airgap.kubernetes.bootstrap_os" in log.read_text()):
+    while not (log.exists() and "Install the cluster CA into the trust store" in log.read_text()):
         assert proc.poll() is None, f"deploy ended before 01 got to the nodes:\n{proc.stdout.read()}"
         assert time.monotonic() < deadline, "01-bootstrap-os did not reach the nodes in 900 s"
         time.sleep(0.5)
@@ -92,6 +98,14 @@ def test_a_deploy_killed_in_01_resumes_there_and_finishes(prepared):
     assert "== run 01-bootstrap-os" in resumed.stdout and "== 01-bootstrap-os done" in resumed.stdout
     assert "== 02-etcd done" in resumed.stdout
     assert NOT_YET in resumed.stdout
+
+
+def test_a_node_without_python3_got_it_from_the_bundle(prepared):
+    assert f"python3 is missing on {PYTHONLESS}: layer 01 installs it from the bundle's apt repo" in log_of(prepared, "00-ssh")
+    out = ssh(prepared, PYTHONLESS, "command -v python3 && apt-cache policy python3")
+    assert out.returncode == 0, out.stderr
+    # Installed from the bundle's repo (the only source left): the policy names the bundle server.
+    assert "/apt" in out.stdout and "deb.debian.org" not in out.stdout, out.stdout
 
 
 def test_a_rerun_with_nothing_changed_skips_every_layer(prepared):
@@ -118,7 +132,7 @@ def test_etcd_is_a_healthy_tls_cluster_of_every_member(prepared):
     # etcdctl prints endpoint health on stderr.
     health = out.stdout + out.stderr
     assert health.count("is healthy") == len(members), health
-    assert "https://" in out.stdout
+    assert "https://" in health
 
 
 def test_nodes_pull_upstream_image_names_from_the_bundle_registry(prepared):

@@ -352,10 +352,6 @@ def overlay(content: Content) -> dict:
     data["components"]["busybox"] = {
         "kind": "image", "image": "docker.io/library/busybox", "tag": "{version}", "version": BUSYBOX_VERSION,
         "groups": ["k8s_cluster"]}
-    # The bundle server's role installs these from the bundle too (Ansible's apt and crypto modules need them).
-    for pkg in ("python3-apt", "python3-cryptography"):
-        data["components"][pkg] = {"kind": "package", "packages": {"debian": pkg, "redhat": pkg.replace("python3-apt", "python3-dnf")},
-                                   "groups": ["bundle_server"]}
     return data
 
 
