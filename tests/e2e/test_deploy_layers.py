@@ -92,12 +92,16 @@ def test_a_deploy_killed_in_01_resumes_there_and_finishes(prepared):
                            capture_output=True, env={**os.environ, "NO_COLOR": "1"})
     assert re.search(r"01-bootstrap-os\s+running", steps.stdout), steps.stdout
 
+    # What a dpkg run cut off by the kill leaves behind: its journal. apt refuses to work until it is finished.
+    assert ssh(prepared, "node1", "touch /var/lib/dpkg/updates/0000").returncode == 0
+
     resumed = deploy(prepared)
     assert resumed.returncode == 3, resumed.stdout[-4000:] + resumed.stderr[-2000:]
     assert re.search(r"== skip 00-ssh: done .*, inputs unchanged", resumed.stdout)
     assert "== run 01-bootstrap-os" in resumed.stdout and "== 01-bootstrap-os done" in resumed.stdout
     assert "== 02-etcd done" in resumed.stdout
     assert NOT_YET in resumed.stdout
+    assert ssh(prepared, "node1", "ls -A /var/lib/dpkg/updates").stdout.strip() == ""
 
 
 def test_a_node_without_python3_got_it_from_the_bundle(prepared):
