@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -131,11 +132,39 @@ def inputs_fingerprint(run: Run) -> str:
     return digest.hexdigest()
 
 
+# module_utils that no playbook runs (the engine, the CLI, the bundle builder): editing them reruns nothing.
+CONTROLLER_ONLY = frozenset({"cli.py", "steps.py", "build_bundle.py", "list_artifacts.py"})
+_ROLE_REF = re.compile(rb"airgap\.kubernetes\.([A-Za-z0-9_]+)")
+
+
+def roles_of(run: Run, step: str) -> list[str]:
+    """The collection's roles a step's playbook reaches, directly or through other roles, sorted."""
+    found: set[str] = set()
+    texts = [run.playbook(step).read_bytes()] if run.playbook(step).is_file() else []
+    while texts:
+        for name in {m.decode() for m in _ROLE_REF.findall(texts.pop())}:
+            role = run.repo / "roles" / name
+            if name in found or not role.is_dir():
+                continue  # a plugin (airgap.kubernetes.artifact) or a role already seen
+            found.add(name)
+            texts.extend(p.read_bytes() for p in sorted(role.rglob("*.yml")) + sorted(role.rglob("*.j2")))
+    return sorted(found)
+
+
 def step_fingerprint(run: Run, step: str, inputs: str) -> str:
-    """A step's fingerprint adds its own playbook, so an edited layer reruns from that layer."""
+    """A step's fingerprint adds its own playbook and the code it runs: the roles it reaches and the plugins.
+
+    An edited layer, or a new version of the collection that changes what a layer does, reruns from that layer."""
     digest = hashlib.sha256(inputs.encode())
     playbook = run.playbook(step)
     digest.update(playbook.read_bytes() if playbook.is_file() else b"absent")
+    for name in roles_of(run, step):
+        _hash_tree(digest, run.repo / "roles" / name, f"role:{name}")
+    for kind in ("filter", "lookup", "modules"):
+        _hash_tree(digest, run.repo / "plugins" / kind, f"plugins:{kind}")
+    for path in sorted((run.repo / "plugins" / "module_utils").glob("*.py")):
+        if path.name not in CONTROLLER_ONLY:
+            _hash_tree(digest, path, f"module_utils:{path.name}")
     return digest.hexdigest()
 
 

@@ -121,6 +121,46 @@ def test_a_changed_layer_reruns_from_that_layer_on(tree):
     assert "run b (inputs changed)" in out
 
 
+def _role(repo: Path, name: str, uses: str = "") -> Path:
+    tasks = repo / "roles" / name / "tasks" / "main.yml"
+    tasks.parent.mkdir(parents=True, exist_ok=True)
+    tasks.write_text(f"---\n# {uses}\n- name: Nothing\n  ansible.builtin.meta: noop\n")
+    return tasks
+
+
+def test_edited_role_code_reruns_from_the_first_layer_that_reaches_it(tree):
+    repo, inventory, trace = tree
+    _role(repo, "base")
+    inner = _role(repo, "inner")
+    _role(repo, "outer", uses="include_role airgap.kubernetes.inner")
+    run = deployed(repo, inventory, trace, ["a", "b", "c"])
+    # b reaches outer by name, and inner through outer; a and c name only a plugin and another role.
+    with open(repo / "playbooks" / "a.yml", "a") as playbook:
+        playbook.write("# uses airgap.kubernetes.base and lookup('airgap.kubernetes.artifact')\n")
+    with open(repo / "playbooks" / "b.yml", "a") as playbook:
+        playbook.write("# role: airgap.kubernetes.outer\n")
+    assert execute(run)[0] == 0 and ran(trace) == ["a", "b", "c"]
+    assert steps.roles_of(run, "b") == ["inner", "outer"] and steps.roles_of(run, "a") == ["base"]
+
+    inner.write_text(inner.read_text() + "# edited\n")
+    code, out = execute(run)
+    assert code == 0 and ran(trace) == ["b", "c"]
+    assert "run b (inputs changed)" in out
+
+
+def test_engine_code_feeds_no_fingerprint_but_run_time_plugins_do(tree):
+    repo, inventory, trace = tree
+    utils = repo / "plugins" / "module_utils"
+    utils.mkdir(parents=True)
+    (utils / "steps.py").write_text("# engine\n")
+    (utils / "resolver.py").write_text("# resolver\n")
+    run = deployed(repo, inventory, trace, ["a", "b"])
+    (utils / "steps.py").write_text("# engine, edited\n")
+    assert execute(run)[0] == 0 and ran(trace) == []
+    (utils / "resolver.py").write_text("# resolver, edited\n")
+    assert execute(run)[0] == 0 and ran(trace) == ["a", "b"]
+
+
 def test_changed_group_vars_or_extra_vars_change_the_fingerprint(tree):
     repo, inventory, _ = tree
     base = steps.inputs_fingerprint(make_run(repo, inventory, ["a"]))
