@@ -119,6 +119,19 @@ def _extra_var_sources(extra_vars: Iterable[str], base: Path) -> list[tuple[str,
     return sources
 
 
+def _manifest_content(path: Path) -> bytes:
+    """The bundle manifest without its build time: a rebuilt bundle with the same content is the same input."""
+    if not path.is_file():
+        return b"absent"
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StepError(f"bundle manifest {path} is not JSON ({exc}): point --bundle at an unpacked bundle") from exc
+    if isinstance(manifest, dict):
+        manifest.pop("created", None)
+    return json.dumps(manifest, sort_keys=True).encode()
+
+
 def inputs_fingerprint(run: Run) -> str:
     """Fingerprint of what every step depends on: inventory, group_vars, extra vars, bundle manifest."""
     digest = hashlib.sha256()
@@ -127,7 +140,7 @@ def inputs_fingerprint(run: Run) -> str:
     for label, content in _extra_var_sources(run.extra_vars, Path.cwd()):
         digest.update(label.encode() + b"\0" + content + b"\0")
     if run.bundle_manifest is not None:
-        _hash_tree(digest, run.bundle_manifest, "manifest")
+        digest.update(b"manifest:" + _manifest_content(run.bundle_manifest))
     digest.update(("targets:" + ",".join(run.targets)).encode())
     return digest.hexdigest()
 

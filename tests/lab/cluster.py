@@ -9,6 +9,7 @@ What an operator does by hand, done for the demo and the end-to-end tests:
 """
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import time
@@ -52,6 +53,19 @@ def _existing(name: str) -> Optional["lab.Lab"]:
     return the_lab
 
 
+def _bundle_inputs(inventory_dir: Path, config: dict) -> str:
+    """Digest of what the lab's bundle is built from: the lab inventory, the catalog overlays it names, the
+    collection's catalog and the builder."""
+    digest = hashlib.sha256()
+    paths = [inventory_dir / "hosts.yml", *sorted((inventory_dir / "group_vars").rglob("*.yml")),
+             *sorted((REPO / "group_vars").rglob("*.yml")), *map(Path, config.get("catalog_overlay_files", [])),
+             REPO / "plugins" / "module_utils" / "build_bundle.py"]
+    for path in paths:
+        if path.name != "bundle.yml":  # written after the build, from its result
+            digest.update(f"{path}\0".encode() + (path.read_bytes() if path.exists() else b"absent") + b"\0")
+    return digest.hexdigest()
+
+
 def build_bundle(the_lab: "lab.Lab", log: Callable[[str], None] = print) -> Path:
     """Builds the lab's bundle into <lab>/bundle with run.sh build-bundle from the local upstream; returns OUT."""
     inventory_dir = the_lab.dir / "inventory"
@@ -68,12 +82,21 @@ def build_bundle(the_lab: "lab.Lab", log: Callable[[str], None] = print) -> Path
         builder_vars = the_lab.dir / "build-bundle-vars.yml"
         builder_vars.write_text("---\n" + yaml.safe_dump(builder_only, sort_keys=True))
         out = the_lab.dir / "bundle"
+        # Rebuilding signs the apt repo with a new key, a real change on every node: only when an input changed.
+        stamp = _bundle_inputs(inventory_dir, config)
+        stamp_file = out / ".built-from"
+        if (stamp_file.exists() and stamp_file.read_text() == stamp and (out / "bundle.tar.gz").exists()
+                and (out / "airgap-bundle" / "manifest.json").exists()):
+            log(f"bundle in {out} was built from the same inputs: reusing it")
+            return out
+        stamp_file.unlink(missing_ok=True)
         cmd = [str(REPO / "run.sh"), "build-bundle", "-i", str(inventory_dir), "-e", f"@{builder_vars}", "--arch", "amd64",
                "--os", OS_OF_RELEASE[the_lab.release], "--out", str(out), "--no-wheelhouse", "--progress", "lines"]
         log("$ " + " ".join(cmd))
         proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True, check=False)
         if proc.returncode != 0:
             raise lab.LabError(f"build-bundle failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        stamp_file.write_text(stamp)
     finally:
         upstream.down(workdir)
     return out

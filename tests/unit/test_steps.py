@@ -178,6 +178,23 @@ def test_a_changed_bundle_manifest_changes_the_fingerprint(tree, tmp_path):
     assert steps.inputs_fingerprint(make_run(repo, inventory, ["a"], bundle_manifest=manifest)) != before
 
 
+def test_a_rebuilt_bundle_with_the_same_content_is_the_same_input(tree, tmp_path):
+    repo, inventory, _ = tree
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"created": "2026-11-29T10:00:00Z", "files": {"a": "1"}}))
+    before = steps.inputs_fingerprint(make_run(repo, inventory, ["a"], bundle_manifest=manifest))
+    manifest.write_text(json.dumps({"files": {"a": "1"}, "created": "2026-11-29T11:00:00Z"}, indent=2))
+    assert steps.inputs_fingerprint(make_run(repo, inventory, ["a"], bundle_manifest=manifest)) == before
+
+
+def test_a_manifest_that_is_not_json_is_named(tree, tmp_path):
+    repo, inventory, _ = tree
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("not json")
+    with pytest.raises(steps.StepError, match=f"bundle manifest {manifest} is not JSON"):
+        steps.inputs_fingerprint(make_run(repo, inventory, ["a"], bundle_manifest=manifest))
+
+
 def test_the_state_directory_does_not_feed_the_fingerprint(tree):
     repo, inventory, _ = tree
     run = make_run(repo, inventory, ["a"])
