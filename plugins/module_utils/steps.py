@@ -335,7 +335,9 @@ def run_logged(argv: list[str], cwd: Path, log_path: Path, out: TextIO = sys.std
 def playbook_argv(run: Run, step: str, ansible_playbook: str) -> list[str]:
     argv = [ansible_playbook, "-i", str(run.inventory), str(run.playbook(step))]
     for item in run.extra_vars:
-        argv += ["-e", item]
+        # ansible-playbook runs in the checkout: an @file relative to where run.sh was called is made absolute,
+        # the same file the fingerprint read.
+        argv += ["-e", "@" + str(Path(item[1:]).resolve()) if item.startswith("@") else item]
     if run.targets:
         argv += ["-e", "airgap_target_nodes=" + ",".join(run.targets)]
     return argv

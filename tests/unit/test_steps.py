@@ -178,6 +178,18 @@ def test_a_changed_bundle_manifest_changes_the_fingerprint(tree, tmp_path):
     assert steps.inputs_fingerprint(make_run(repo, inventory, ["a"], bundle_manifest=manifest)) != before
 
 
+def test_an_extra_vars_file_relative_to_the_callers_directory_reaches_ansible_as_that_file(tree, tmp_path,
+                                                                                          monkeypatch):
+    repo, inventory, _ = tree
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "vars.yml").write_text("x: 1\n")
+    monkeypatch.chdir(tmp_path / "site")
+    run = make_run(repo, inventory, ["a"], extra_vars=("@vars.yml", "y=2"))
+    steps.inputs_fingerprint(run)  # reads the same file, or names it
+    argv = steps.playbook_argv(run, "a", "ansible-playbook")
+    assert argv[-4:] == ["-e", f"@{tmp_path / 'site' / 'vars.yml'}", "-e", "y=2"]
+
+
 def test_a_rebuilt_bundle_with_the_same_content_is_the_same_input(tree, tmp_path):
     repo, inventory, _ = tree
     manifest = tmp_path / "manifest.json"
