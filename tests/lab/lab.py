@@ -390,25 +390,47 @@ def _host_routes() -> list[tuple[str, ipaddress.IPv4Network]]:
     return routes
 
 
-def check_subnet_free(name: str, subnet: ipaddress.IPv4Network) -> None:
-    """Fails when another docker network or a host route already uses the lab's subnet."""
+def _subnet_problem(name: str, subnet: ipaddress.IPv4Network) -> Optional[str]:
+    """Why subnet cannot be the lab's (another docker network or a host route uses it), or None."""
     for net_name, nets in _docker_subnets().items():
         for net in nets:
             if net.overlaps(subnet):
-                raise LabError(
-                    f"lab {name} needs subnet {subnet}, but docker network {net_name!r} uses {net}: "
-                    f"remove that network (`python3 tests/lab/lab.py down ...` if it is a lab) "
-                    f"or pick another lab name (the subnet is derived from the name)")
+                return (f"lab {name} needs subnet {subnet}, but docker network {net_name!r} uses {net}: "
+                        f"remove that network (`python3 tests/lab/lab.py down ...` if it is a lab)")
     for iface, net in _host_routes():
         if iface.startswith(("br-", "docker")):
             continue  # docker's own bridges were checked above, by network
         if net.overlaps(subnet) and net.prefixlen > 0:
-            raise LabError(f"lab {name} needs subnet {subnet}, but the host routes {net} via "
-                           f"{iface}: pick another lab name (the subnet is derived from the name)")
+            return f"lab {name} needs subnet {subnet}, but the host routes {net} via {iface}"
+    return None
+
+
+def check_subnet_free(name: str, subnet: ipaddress.IPv4Network) -> None:
+    """Fails when another docker network or a host route already uses the lab's subnet."""
+    problem = _subnet_problem(name, subnet)
+    if problem:
+        raise LabError(problem)
+
+
+def free_subnet(name: str) -> ipaddress.IPv4Network:
+    """The /24 derived from the name when it is free, else the next free one in LAB_SUPERNET.
+
+    Names hash into only 256 subnets, so two labs alive at once can want the same one."""
+    start = (int(subnet_for(name).network_address) - int(LAB_SUPERNET.network_address)) // 256
+    first = None
+    for step in range(256):
+        octet = (start + step) % 256
+        candidate = ipaddress.ip_network(f"{LAB_SUPERNET.network_address + octet * 256}/24")
+        problem = _subnet_problem(name, candidate)
+        if problem is None:
+            return candidate
+        first = first or problem
+    raise LabError(f"no free /24 left in {LAB_SUPERNET}; the first one tried: {first}")
 
 
 def plan(name: str, nodes: int, release: str = DEFAULT_RELEASE, internal: bool = False,
-         control_planes: int = 1, etcd: Optional[int] = None, image: str = "") -> Lab:
+         control_planes: int = 1, etcd: Optional[int] = None, image: str = "",
+         subnet: Optional[ipaddress.IPv4Network] = None) -> Lab:
     """Decides names, addresses and inventory groups for a lab, without touching docker."""
     check_name(name)
     _check_release(release)
@@ -421,7 +443,7 @@ def plan(name: str, nodes: int, release: str = DEFAULT_RELEASE, internal: bool =
     if not 1 <= etcd <= nodes or etcd % 2 == 0:
         raise LabError(f"--etcd {etcd} must be odd (so the cluster keeps a quorum) and at most "
                        f"--nodes ({nodes})")
-    subnet = subnet_for(name)
+    subnet = subnet or subnet_for(name)
     base = subnet.network_address
 
     def host(inv: str, octet: int) -> Host:
@@ -628,8 +650,8 @@ def up(name: str, nodes: int, release: str = DEFAULT_RELEASE, internal: bool = F
     lab = plan(name, nodes, release, internal, control_planes, etcd)
     if (lab.dir / "lab.json").exists() or _labelled("network", name):
         raise LabError(f"lab {name} already exists: `python3 tests/lab/lab.py down {name}` first")
+    lab = plan(name, nodes, release, internal, control_planes, etcd, subnet=free_subnet(name))
     lab.image = ensure_image(release)
-    check_subnet_free(name, ipaddress.ip_network(lab.subnet))
     lab.dir.mkdir(parents=True, exist_ok=True)
     save(lab)
     pubkey = _make_key(lab)

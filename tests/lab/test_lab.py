@@ -295,14 +295,20 @@ def test_down_cleans_up_after_a_partial_up(monkeypatch) -> None:
 
 
 @pytest.mark.lab
-def test_up_refuses_a_subnet_another_network_uses() -> None:
+def test_up_takes_the_next_free_subnet_when_another_network_holds_its_own() -> None:
     name = _unique_name("clash")
     blocker = f"{name}-blocker"
-    lab.check_subnet_free(name, lab.subnet_for(name))
-    lab.docker("network", "create", "--internal", "--subnet", str(lab.subnet_for(name)), blocker)
+    wanted = lab.subnet_for(name)
+    lab.check_subnet_free(name, wanted)
+    lab.docker("network", "create", "--internal", "--subnet", str(wanted), blocker)
     try:
         with pytest.raises(lab.LabError, match=blocker):
-            lab.up(name, nodes=1, release=RELEASE)
+            lab.check_subnet_free(name, wanted)
+        the_lab = lab.up(name, nodes=1, release=RELEASE)
+        got = ipaddress.ip_network(the_lab.subnet)
+        assert got != wanted and got.subnet_of(lab.LAB_SUPERNET)
+        assert the_lab.host("node1").ip in {str(a) for a in got.hosts()}
+        assert _ssh(the_lab, "node1", "hostname") == "node1"
     finally:
-        lab.docker("network", "rm", blocker)
         lab.down(name)
+        lab.docker("network", "rm", blocker)
