@@ -151,3 +151,24 @@ def test_a_bad_inventory_fails_before_any_host_is_contacted(lab, name, change, e
     assert proc.returncode != 0
     assert expected.format(node2=hosts_of(lab)["node2"]["ansible_host"]) in proc.stdout
     assert "Open an SSH session" not in proc.stdout
+
+
+def test_a_host_whose_key_changed_is_refused_and_named(lab):
+    """Host keys are checked: node1 answering with another host's key (a moved host, or an attack) is refused."""
+    hosts = hosts_of(lab)
+    known = (lab.parent.parent / "known_hosts").read_text().splitlines()
+    node1, node2 = hosts["node1"]["ansible_host"], hosts["node2"]["ansible_host"]
+    forged = [l for l in known if not l.startswith(node1 + " ")]
+    forged += [node1 + l[len(node2):] for l in known if l.startswith(node2 + " ")]
+    forged_file = lab.parent.parent / "known_hosts.forged"
+    forged_file.write_text("\n".join(forged) + "\n")
+
+    def forged_key(data):
+        data["all"]["hosts"]["node1"]["airgap_ssh_args"] = f"-o UserKnownHostsFile={forged_file}"
+
+    inventory = derived_inventory(lab, "inventory-forged", forged_key)
+    proc = run_sh("deploy-cluster", "--only", "00-ssh", inventory=inventory)
+    assert proc.returncode != 0
+    line = next(l for l in proc.stdout.splitlines() if l.strip().startswith("- node1 ("))
+    assert "Host key verification failed." in line and f"ssh-keygen -f \"{forged_file}\" -R \"{node1}\"" in line, line
+    assert "- node2 (" not in proc.stdout
