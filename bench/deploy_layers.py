@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time
@@ -27,17 +26,16 @@ def deploy(prepared: cluster.Prepared, *extra: str) -> tuple[float, dict]:
                     str(prepared.bundle_dir), *extra], cwd=REPO, capture_output=True, text=True,
                    env={**os.environ, "NO_COLOR": "1"}, timeout=3600)
     wall = time.monotonic() - t0
-    runs = steps.StateFile(prepared.inventory.parent / ".airgap" / "steps.json").load()
-    records = next((v for k, v in runs.items() if k.startswith("deploy-cluster")), {})
+    records = steps.StateFile(prepared.inventory.parent / ".airgap" / "steps.json").load().get("deploy-cluster", {})
     return wall, {step: rec.seconds for step, rec in records.items() if rec.status == "done"}
 
 
 def changed_hosts(prepared: cluster.Prepared) -> dict:
     changed = {}
     for log in sorted((prepared.inventory.parent / ".airgap" / "logs").glob("*.log")):
-        for host, count in re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", log.read_text(), re.M):
-            if int(count):
-                changed[f"{log.stem}/{host}"] = int(count)
+        for host, counts in cluster.play_recap(log.read_text()).items():
+            if counts["changed"]:
+                changed[f"{log.stem}/{host}"] = counts["changed"]
     return changed
 
 

@@ -119,6 +119,10 @@ def _extra_var_sources(extra_vars: Iterable[str], base: Path) -> list[tuple[str,
     return sources
 
 
+# module_utils that no playbook runs (the engine, the CLI, the bundle builder): editing them reruns nothing.
+CONTROLLER_ONLY = frozenset({"cli.py", "steps.py", "build_bundle.py", "list_artifacts.py"})
+
+
 def _manifest_content(path: Path) -> bytes:
     """The bundle manifest without its build time: a rebuilt bundle with the same content is the same input."""
     if not path.is_file():
@@ -133,7 +137,7 @@ def _manifest_content(path: Path) -> bytes:
 
 
 def inputs_fingerprint(run: Run) -> str:
-    """Fingerprint of what every step depends on: inventory, group_vars, extra vars, bundle manifest."""
+    """Fingerprint of what every step depends on: inventory, group_vars, extra vars, bundle manifest, plugins."""
     digest = hashlib.sha256()
     _hash_tree(digest, run.inventory_dir, "inventory")
     _hash_tree(digest, run.repo / "group_vars", "group_vars")
@@ -142,11 +146,15 @@ def inputs_fingerprint(run: Run) -> str:
     if run.bundle_manifest is not None:
         digest.update(b"manifest:" + _manifest_content(run.bundle_manifest))
     digest.update(("targets:" + ",".join(run.targets)).encode())
+    # The plugins every playbook can call (lookups, filters, modules and what they import).
+    for kind in ("filter", "lookup", "modules"):
+        _hash_tree(digest, run.repo / "plugins" / kind, f"plugins:{kind}")
+    for path in sorted((run.repo / "plugins" / "module_utils").glob("*.py")):
+        if path.name not in CONTROLLER_ONLY:
+            _hash_tree(digest, path, f"module_utils:{path.name}")
     return digest.hexdigest()
 
 
-# module_utils that no playbook runs (the engine, the CLI, the bundle builder): editing them reruns nothing.
-CONTROLLER_ONLY = frozenset({"cli.py", "steps.py", "build_bundle.py", "list_artifacts.py"})
 _ROLE_REF = re.compile(rb"airgap\.kubernetes\.([A-Za-z0-9_]+)")
 
 
@@ -165,7 +173,7 @@ def roles_of(run: Run, step: str) -> list[str]:
 
 
 def step_fingerprint(run: Run, step: str, inputs: str) -> str:
-    """A step's fingerprint adds its own playbook and the code it runs: the roles it reaches and the plugins.
+    """A step's fingerprint adds its own playbook and the roles it reaches (the plugins are in every input).
 
     An edited layer, or a new version of the collection that changes what a layer does, reruns from that layer."""
     digest = hashlib.sha256(inputs.encode())
@@ -173,11 +181,6 @@ def step_fingerprint(run: Run, step: str, inputs: str) -> str:
     digest.update(playbook.read_bytes() if playbook.is_file() else b"absent")
     for name in roles_of(run, step):
         _hash_tree(digest, run.repo / "roles" / name, f"role:{name}")
-    for kind in ("filter", "lookup", "modules"):
-        _hash_tree(digest, run.repo / "plugins" / kind, f"plugins:{kind}")
-    for path in sorted((run.repo / "plugins" / "module_utils").glob("*.py")):
-        if path.name not in CONTROLLER_ONLY:
-            _hash_tree(digest, path, f"module_utils:{path.name}")
     return digest.hexdigest()
 
 

@@ -60,14 +60,6 @@ def log_of(prepared, step: str) -> str:
     return (prepared.inventory.parent / ".airgap" / "logs" / f"{step}.log").read_text()
 
 
-def recap(log: str) -> dict[str, dict[str, int]]:
-    """PLAY RECAP lines of an ansible-playbook log: {host: {ok: n, changed: n, ...}}."""
-    hosts = {}
-    for host, counts in re.findall(r"^(\S+)\s+: (ok=\d+.*)$", log, re.M):
-        hosts[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
-    return hosts
-
-
 def ssh(prepared, host: str, script: str) -> subprocess.CompletedProcess:
     return subprocess.run(prepared.lab.ssh_args(host) + [script], text=True, capture_output=True, timeout=120)
 
@@ -123,7 +115,7 @@ def test_a_second_full_run_reports_changed_0(prepared):
     proc = deploy(prepared, "--from", "00-ssh")
     assert proc.returncode == 3, proc.stdout[-4000:]
     for step in LAYERS:
-        hosts = recap(log_of(prepared, step))
+        hosts = cluster.play_recap(log_of(prepared, step))
         assert hosts, f"no PLAY RECAP in {step}'s log"
         changed = {h: c["changed"] for h, c in hosts.items() if c["changed"] or c["failed"] or c["unreachable"]}
         assert changed == {}, f"{step}: second run changed or failed on {changed}"

@@ -10,6 +10,7 @@ What an operator does by hand, done for the demo and the end-to-end tests:
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import time
@@ -51,6 +52,14 @@ def _existing(name: str) -> Optional["lab.Lab"]:
         return None
     lab.docker("start", *containers)
     return the_lab
+
+
+def play_recap(log: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP lines of an ansible-playbook log: {host: {ok: n, changed: n, ...}}."""
+    hosts = {}
+    for host, counts in re.findall(r"^(\S+)\s+: (ok=\d+.*)$", log, re.M):
+        hosts[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
+    return hosts
 
 
 def _bundle_inputs(inventory_dir: Path, config: dict) -> str:

@@ -390,14 +390,18 @@ def _host_routes() -> list[tuple[str, ipaddress.IPv4Network]]:
     return routes
 
 
-def _subnet_problem(name: str, subnet: ipaddress.IPv4Network) -> Optional[str]:
-    """Why subnet cannot be the lab's (another docker network or a host route uses it), or None."""
-    for net_name, nets in _docker_subnets().items():
+def _subnet_problem(name: str, subnet: ipaddress.IPv4Network,
+                    taken: Optional[tuple[dict, list]] = None) -> Optional[str]:
+    """Why subnet cannot be the lab's (another docker network or a host route uses it), or None.
+
+    taken: (_docker_subnets(), _host_routes()) when the caller already read them."""
+    networks, routes = taken or (_docker_subnets(), _host_routes())
+    for net_name, nets in networks.items():
         for net in nets:
             if net.overlaps(subnet):
                 return (f"lab {name} needs subnet {subnet}, but docker network {net_name!r} uses {net}: "
                         f"remove that network (`python3 tests/lab/lab.py down ...` if it is a lab)")
-    for iface, net in _host_routes():
+    for iface, net in routes:
         if iface.startswith(("br-", "docker")):
             continue  # docker's own bridges were checked above, by network
         if net.overlaps(subnet) and net.prefixlen > 0:
@@ -417,11 +421,12 @@ def free_subnet(name: str) -> ipaddress.IPv4Network:
 
     Names hash into only 256 subnets, so two labs alive at once can want the same one."""
     start = (int(subnet_for(name).network_address) - int(LAB_SUPERNET.network_address)) // 256
+    taken = (_docker_subnets(), _host_routes())
     first = None
     for step in range(256):
         octet = (start + step) % 256
         candidate = ipaddress.ip_network(f"{LAB_SUPERNET.network_address + octet * 256}/24")
-        problem = _subnet_problem(name, candidate)
+        problem = _subnet_problem(name, candidate, taken)
         if problem is None:
             return candidate
         first = first or problem
