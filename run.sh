@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Operator entry point: ./run.sh COMMAND [options]. Parsing and logic live in Python (plugins/module_utils/cli.py).
+# Operator entry point: ./run.sh COMMAND [options]. Parsing and logic live in Python (tools/cli.py).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,4 +23,4 @@ fi
 export PYTHONPATH="$REPO/.collections${PYTHONPATH:+:$PYTHONPATH}"
 export ANSIBLE_CONFIG="${ANSIBLE_CONFIG:-$REPO/ansible.cfg}"
 export PATH="$(dirname "$PY"):$PATH"
-exec "$PY" -m ansible_collections.airgap.kubernetes.plugins.module_utils.cli "$@"
+exec "$PY" -m ansible_collections.airgap.kubernetes.tools.cli "$@"

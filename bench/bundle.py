@@ -12,10 +12,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / ".collections"))
-sys.path.insert(0, str(REPO / "tests" / "lab"))
-import upstream  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools.lab import upstream  # noqa: E402
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils import build_bundle as bb  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import build_bundle as bb  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
 
 

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "lab"))
 sys.path.insert(0, str(REPO / ".collections"))
-import cluster  # noqa: E402  (tests/lab/cluster.py)
-from ansible_collections.airgap.kubernetes.plugins.module_utils import steps  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools.lab import cluster  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import steps  # noqa: E402
 
 
 def deploy(prepared: cluster.Prepared, *extra: str) -> tuple[float, dict]:

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "lab"))
-import lab  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".collections"))
+from ansible_collections.airgap.kubernetes.tools.lab import lab  # noqa: E402
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / ".collections") not in sys.path:
     sys.path.insert(0, str(REPO / ".collections"))
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils import build_bundle as builder  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import build_bundle as builder  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
 
 CACHE = Path(os.environ.get("AIRGAP_CACHE", Path.home() / ".cache" / "airgap-kubernetes")) / "bundle-fixture"

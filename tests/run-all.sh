@@ -30,7 +30,7 @@ molecule_all() {
   for d in molecule/*/molecule.yml; do [ -f "$d" ] && scenarios+=("$(basename "$(dirname "$d")")"); done
   if [ "${#scenarios[@]}" -eq 0 ]; then echo "no molecule scenarios exist yet"; return 1; fi
   # Scenarios use the stable tags airgap-lab-node:<release>; build or find them first.
-  python3 tests/lab/lab.py image --release bookworm && python3 tests/lab/lab.py image --release trixie || return 1
+  python3 tools/lab/lab.py image --release bookworm && python3 tools/lab/lab.py image --release trixie || return 1
   for s in "${scenarios[@]}"; do
     echo "--- molecule test -s $s"
     molecule test -s "$s" || { echo "--- molecule scenario $s FAILED"; rc=1; }
@@ -42,7 +42,7 @@ build_collection() {
   local out; out="$(mktemp -d)"
   ansible-galaxy collection build --force --output-path "$out" . &&
     ansible-galaxy collection install --force -p "$out/installed" "$out"/airgap-kubernetes-*.tar.gz &&
-    test -f "$out/installed/ansible_collections/airgap/kubernetes/plugins/module_utils/steps.py"
+    test -f "$out/installed/ansible_collections/airgap/kubernetes/tools/steps.py"
   local rc=$?; rm -rf "$out"; return "$rc"
 }
 

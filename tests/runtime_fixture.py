@@ -26,11 +26,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bundle_fixture as fixture  # noqa: E402
-from lab import upstream  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools.lab import upstream  # noqa: E402
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils import build_bundle as builder  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import build_bundle as builder  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
-from ansible_collections.airgap.kubernetes.plugins.module_utils import catalog_overlay  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import catalog_overlay  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import config as cfg  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver  # noqa: E402
 
@@ -51,7 +51,7 @@ def catalog_packages() -> list[str]:
 
 def add_apt_suites(bundle: Path, packages: tuple[str, ...]) -> None:
     """apt/pool/<suite> with packages and their closure for every suite, through the bundle builder's own apt code
-    (plugins/module_utils/build_bundle.py), then apt/dists signed with a new key."""
+    (tools/build_bundle.py), then apt/dists signed with a new key."""
     shutil.rmtree(bundle / "apt", ignore_errors=True)
     progress = builder.Progress(live=False)
     for suite in SUITES:
@@ -64,7 +64,7 @@ def add_apt_suites(bundle: Path, packages: tuple[str, ...]) -> None:
 
 def add_runtime_files(bundle: Path, catalog: dict) -> dict[str, tuple[str, Path]]:
     """containerd, runc and CNI plugins at their mirror paths, repacked the way the lab's upstream does
-    (tests/lab/upstream.py); returns component -> (version, path)."""
+    (tools/lab/upstream.py); returns component -> (version, path)."""
     debs = upstream._debs(RUNTIME_DEBS)
     versions = {component: upstream._deb_version(debs[deb]) for deb, component in RUNTIME_DEBS.items()}
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils import steps
+from ansible_collections.airgap.kubernetes.tools import steps
 
 REPO = Path(__file__).resolve().parents[2]
-LAB = [sys.executable, str(REPO / "tests" / "lab" / "lab.py")]
+LAB = [sys.executable, str(REPO / "tools" / "lab" / "lab.py")]
 NAME = "e2e"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "lab"))
-import cluster  # noqa: E402  (tests/lab/cluster.py)
+from ansible_collections.airgap.kubernetes.tools.lab import cluster  # noqa: E402
 
 NAME = "e2e-layers"
 LAYERS = ("00-ssh", "01-bootstrap-os", "02-etcd")

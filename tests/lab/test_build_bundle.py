@@ -14,7 +14,7 @@ import pytest
 
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt
 
-from . import lab, upstream
+from ansible_collections.airgap.kubernetes.tools.lab import lab, upstream
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = os.environ.get("AIRGAP_LAB_RELEASE", lab.DEFAULT_RELEASE)

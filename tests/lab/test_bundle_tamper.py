@@ -53,7 +53,7 @@ def tampered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def bundle_host(tampered: tuple[Path, str]) -> str:
     """A lab node with no network at all, the tampered bundle at /srv/airgap/bundle."""
     if not _docker("images", "-q", IMAGE).stdout.strip():
-        pytest.skip(f"{IMAGE} is missing: python3 tests/lab/lab.py image --release bookworm")
+        pytest.skip(f"{IMAGE} is missing: python3 tools/lab/lab.py image --release bookworm")
     name = f"t{os.getpid()}-bundle-tamper"
     _docker("rm", "-f", name, check=False)
     _docker("run", "-d", "--name", name, "--network", "none", "--entrypoint", "sleep", IMAGE, "infinity")

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from . import lab
+from ansible_collections.airgap.kubernetes.tools.lab import lab
 
 RELEASE = os.environ.get("AIRGAP_LAB_RELEASE", lab.DEFAULT_RELEASE)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils import build_bundle as bb
-from ansible_collections.airgap.kubernetes.plugins.module_utils import list_artifacts
+from ansible_collections.airgap.kubernetes.tools import build_bundle as bb
+from ansible_collections.airgap.kubernetes.tools import list_artifacts
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

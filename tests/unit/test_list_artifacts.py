@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils import catalog_overlay, list_artifacts
+from ansible_collections.airgap.kubernetes.tools import catalog_overlay, list_artifacts
 from ansible_collections.airgap.kubernetes.plugins.module_utils import config as cfg
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
 
@@ -136,7 +136,7 @@ def test_the_environment_names_the_default_inventory(monkeypatch):
 
 def test_it_runs_as_the_module_run_sh_invokes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / ".collections"), "AIRGAP_INVENTORY": str(LAB_INVENTORY)}
-    proc = subprocess.run([sys.executable, "-m", "ansible_collections.airgap.kubernetes.plugins.module_utils.list_artifacts",
+    proc = subprocess.run([sys.executable, "-m", "ansible_collections.airgap.kubernetes.tools.list_artifacts",
                            "--kind", "images"], env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "registry.k8s.io/kube-apiserver:v1.20.2" in proc.stdout
 

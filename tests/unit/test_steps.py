@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils import steps
+from ansible_collections.airgap.kubernetes.tools import steps
 
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 REPO = Path(__file__).resolve().parents[2]
@@ -148,16 +148,20 @@ def test_edited_role_code_reruns_from_the_first_layer_that_reaches_it(tree):
     assert "run b (inputs changed)" in out
 
 
-def test_engine_code_feeds_no_fingerprint_but_run_time_plugins_do(tree):
+def test_controller_tools_feed_no_fingerprint_but_every_plugin_does(tree):
     repo, inventory, trace = tree
+    tools = repo / "tools"
+    tools.mkdir()
+    (tools / "steps.py").write_text("# engine\n")
     utils = repo / "plugins" / "module_utils"
     utils.mkdir(parents=True)
-    (utils / "steps.py").write_text("# engine\n")
     (utils / "resolver.py").write_text("# resolver\n")
     run = deployed(repo, inventory, trace, ["a", "b"])
-    (utils / "steps.py").write_text("# engine, edited\n")
+    (tools / "steps.py").write_text("# engine, edited\n")
     assert execute(run)[0] == 0 and ran(trace) == []
     (utils / "resolver.py").write_text("# resolver, edited\n")
+    assert execute(run)[0] == 0 and ran(trace) == ["a", "b"]
+    (utils / "new_helper.py").write_text("# a module_utils file no list names\n")
     assert execute(run)[0] == 0 and ran(trace) == ["a", "b"]
 
 
@@ -258,7 +262,7 @@ def test_a_second_concurrent_run_on_the_same_inventory_is_refused(tree):
             import sys, time
             sys.path.insert(0, {str(REPO / '.collections')!r})
             from pathlib import Path
-            from ansible_collections.airgap.kubernetes.plugins.module_utils import steps
+            from ansible_collections.airgap.kubernetes.tools import steps
             with steps.Lock(Path({str(run.state_dir / 'lock')!r})):
                 print('locked', flush=True)
                 time.sleep(30)

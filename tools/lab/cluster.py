@@ -1,8 +1,8 @@
 """A lab ready for `run.sh deploy-cluster`: lab nodes on an internal network, and a bundle built for them.
 
 What an operator does by hand, done for the demo and the end-to-end tests:
-  1. the lab's nodes and bundle host (tests/lab/lab.py), reused when the lab exists;
-  2. the lab's local upstream (tests/lab/upstream.py) plays the internet for build-bundle;
+  1. the lab's nodes and bundle host (tools/lab/lab.py), reused when the lab exists;
+  2. the lab's local upstream (tools/lab/upstream.py) plays the internet for build-bundle;
   3. `run.sh build-bundle` for the lab's inventory, on this machine (the "connected host");
   4. the inventory learns where the tarball is (bundle_server_bundle_upload): layer 01 copies it to the bundle
      host, which unpacks, verifies and serves it.
@@ -86,7 +86,7 @@ def build_bundle(the_lab: "lab.Lab", log: Callable[[str], None] = print) -> Path
         config = yaml.safe_load(vars_path.read_text())
         builder_only = {k: config.pop(k) for k in ("upstream_bases", "upstream_insecure_registries")}
         (inventory_dir / "group_vars" / "all" / "upstream.yml").write_text(
-            "---\n# Written by tests/lab/cluster.py from tests/lab/upstream.py's vars: what the lab can build.\n"
+            "---\n# Written by tools/lab/cluster.py from tools/lab/upstream.py's vars: what the lab can build.\n"
             + yaml.safe_dump(config, sort_keys=True))
         builder_vars = the_lab.dir / "build-bundle-vars.yml"
         builder_vars.write_text("---\n" + yaml.safe_dump(builder_only, sort_keys=True))
@@ -122,7 +122,7 @@ def prepare(name: str, nodes: int, release: str = lab.DEFAULT_RELEASE, etcd: Opt
         log(f"lab {name}: {nodes} nodes + bundle host, Debian {release}, internal network")
         the_lab = lab.up(name, nodes=nodes, release=release, internal=True, etcd=etcd)
     else:
-        log(f"lab {name} exists: reusing it (tear it down with python3 tests/lab/lab.py down {name})")
+        log(f"lab {name} exists: reusing it (tear it down with python3 tools/lab/lab.py down {name})")
     seconds["lab"] = time.monotonic() - t0
     t0 = time.monotonic()
     out = build_bundle(the_lab, log)
@@ -131,7 +131,7 @@ def prepare(name: str, nodes: int, release: str = lab.DEFAULT_RELEASE, etcd: Opt
         "bundle_server_bundle_upload": str(out / "bundle.tar.gz"),
     }
     (the_lab.dir / "inventory" / "group_vars" / "all" / "bundle.yml").write_text(
-        "---\n# Written by tests/lab/cluster.py: layer 01 copies this controller's bundle to the bundle host.\n"
+        "---\n# Written by tools/lab/cluster.py: layer 01 copies this controller's bundle to the bundle host.\n"
         + yaml.safe_dump(bundle_vars))
     return Prepared(the_lab, the_lab.dir / "inventory" / "hosts.yml", out / "airgap-bundle", seconds)
 

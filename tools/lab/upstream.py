@@ -4,9 +4,9 @@ Filled from real sources: Debian-packaged etcd, containerd, runc and CNI plugins
 layouts, the lab's Kubernetes v1.20.2 build, and images made with `docker import` under their upstream names.
 
 CLI:
-  python3 tests/lab/upstream.py up [--dir DIR]    build (cached) and start; writes DIR/upstream.yml for inventories
-  python3 tests/lab/upstream.py down [--dir DIR]  stop the servers started by `up`
-  python3 tests/lab/upstream.py build             only fill the cache, print its directory
+  python3 tools/lab/upstream.py up [--dir DIR]    build (cached) and start; writes DIR/upstream.yml for inventories
+  python3 tools/lab/upstream.py down [--dir DIR]  stop the servers started by `up`
+  python3 tools/lab/upstream.py build             only fill the cache, print its directory
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO / ".collections") not in sys.path:
     sys.path.insert(0, str(REPO / ".collections"))
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils import build_bundle  # noqa: E402
-from ansible_collections.airgap.kubernetes.plugins.module_utils import catalog_overlay  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import build_bundle  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import catalog_overlay  # noqa: E402
 
 CACHE = Path(os.environ.get("AIRGAP_CACHE", Path.home() / ".cache" / "airgap-kubernetes")) / "upstream"
 DEFAULT_DIR = REPO / ".lab" / "upstream"
@@ -112,13 +112,13 @@ def make_file_server(root: Path, port: int = 0) -> http.server.ThreadingHTTPServ
 # --------------------------------------------------------------------------- content
 
 def _kube_bin() -> Path:
-    """The lab's Kubernetes v1.20.2 build (tests/lab/build-kubernetes.sh; cached, seconds when warm)."""
-    out = _run(["bash", REPO / "tests" / "lab" / "build-kubernetes.sh"]).stdout.strip().splitlines()
+    """The lab's Kubernetes v1.20.2 build (tools/lab/build-kubernetes.sh; cached, seconds when warm)."""
+    out = _run(["bash", REPO / "tools" / "lab" / "build-kubernetes.sh"]).stdout.strip().splitlines()
     if not out:
-        raise UpstreamError("tests/lab/build-kubernetes.sh printed no build directory")
+        raise UpstreamError("tools/lab/build-kubernetes.sh printed no build directory")
     path = Path(out[-1]) / "bin"
     if not (path / "kubeadm").is_file():
-        raise UpstreamError(f"{path} holds no kubeadm: rerun bash tests/lab/build-kubernetes.sh and read its output")
+        raise UpstreamError(f"{path} holds no kubeadm: rerun bash tools/lab/build-kubernetes.sh and read its output")
     return path
 
 
@@ -371,7 +371,7 @@ def inventory_vars(content: Content, files_url: str, registry: str, overlay_path
 
 
 VARS_HEADER = """\
-# The lab's local upstream: written by tests/lab/upstream.py; add it to a lab inventory (-e @this-file).
+# The lab's local upstream: written by tools/lab/upstream.py; add it to a lab inventory (-e @this-file).
 # build-bundle fetches from loopback servers that serve Debian's binaries and the lab's own v1.20.2 build
 # under the upstream names. Versions are what Debian packages. Not obtainable here, so switched off:
 #   crictl and nerdctl (not packaged by Debian), CoreDNS and NodeLocal DNSCache images (no source to build from).
@@ -399,7 +399,7 @@ def serve(content: Content, workdir: Path) -> Iterator[Path]:
 
 def write_vars(content: Content, files_url: str, registry: str, workdir: Path) -> Path:
     overlay_path = workdir / "upstream-overlay.yml"
-    overlay_path.write_text("---\n# Catalog overlay of the lab's local upstream (tests/lab/upstream.py).\n"
+    overlay_path.write_text("---\n# Catalog overlay of the lab's local upstream (tools/lab/upstream.py).\n"
                             + yaml.safe_dump(overlay(content), sort_keys=True))
     vars_path = workdir / "upstream.yml"
     vars_path.write_text("---\n" + VARS_HEADER + yaml.safe_dump(

@@ -119,10 +119,6 @@ def _extra_var_sources(extra_vars: Iterable[str], base: Path) -> list[tuple[str,
     return sources
 
 
-# module_utils that no playbook runs (the engine, the CLI, the bundle builder): editing them reruns nothing.
-CONTROLLER_ONLY = frozenset({"cli.py", "steps.py", "build_bundle.py", "list_artifacts.py"})
-
-
 def _manifest_content(path: Path) -> bytes:
     """The bundle manifest without its build time: a rebuilt bundle with the same content is the same input."""
     if not path.is_file():
@@ -146,12 +142,8 @@ def inputs_fingerprint(run: Run) -> str:
     if run.bundle_manifest is not None:
         digest.update(b"manifest:" + _manifest_content(run.bundle_manifest))
     digest.update(("targets:" + ",".join(run.targets)).encode())
-    # The plugins every playbook can call (lookups, filters, modules and what they import).
-    for kind in ("filter", "lookup", "modules"):
-        _hash_tree(digest, run.repo / "plugins" / kind, f"plugins:{kind}")
-    for path in sorted((run.repo / "plugins" / "module_utils").glob("*.py")):
-        if path.name not in CONTROLLER_ONLY:
-            _hash_tree(digest, path, f"module_utils:{path.name}")
+    # Everything under plugins/ runs inside playbooks (the controller's own tools live in tools/, outside it).
+    _hash_tree(digest, run.repo / "plugins", "plugins")
     return digest.hexdigest()
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Optional, TextIO
 
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt
-from ansible_collections.airgap.kubernetes.plugins.module_utils import list_artifacts
+from ansible_collections.airgap.kubernetes.tools import list_artifacts
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("AIRGAP_CACHE", Path.home() / ".cache" / "airgap-kubernetes"))
 BUNDLE_NAME = "airgap-bundle"
 TARBALL = "bundle.tar.gz"

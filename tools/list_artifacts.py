@@ -11,7 +11,7 @@ from typing import Mapping, Optional
 from ansible_collections.airgap.kubernetes.plugins.module_utils import config as cfg
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 KIND_ARGS = {"files": "file", "images": "image", "packages": "package"}
 
 

@@ -12,7 +12,7 @@ import yaml
 from ansible_collections.airgap.kubernetes.plugins.module_utils import config as cfg
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def sha256_file(path: Path) -> str:
@@ -79,7 +79,7 @@ def main(argv: Optional[list] = None) -> int:
     except resolver.CatalogError as exc:
         print(f"catalog_overlay: error: {exc}", file=sys.stderr)
         return 2
-    text = "---\n# Catalog overlay written by plugins/module_utils/catalog_overlay.py from local builds.\n"
+    text = "---\n# Catalog overlay written by tools/catalog_overlay.py from local builds.\n"
     text += yaml.safe_dump(overlay, default_flow_style=False, sort_keys=True)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils import steps
+from ansible_collections.airgap.kubernetes.tools import steps
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 COMMANDS = {
     "deploy-cluster": "deploy the cluster: layers 00-ssh .. 05-apps, resuming where the last run stopped",
@@ -108,8 +108,7 @@ def _make_run(args: argparse.Namespace, command: str, inventory: Path) -> steps.
 
 def _demo(args: argparse.Namespace) -> int:
     """Starts (or reuses) the demo lab, builds its bundle, then deploys every layer that exists so far."""
-    sys.path.insert(0, str(REPO / "tests" / "lab"))
-    import cluster  # the lab's own helper: nodes, local upstream, build-bundle (tests/lab/cluster.py)
+    from ansible_collections.airgap.kubernetes.tools.lab import cluster  # the lab: nodes, local upstream, build-bundle
     try:
         prepared = cluster.prepare(DEMO_LAB, args.demo_nodes, args.release)
     except (cluster.lab.LabError, cluster.upstream.UpstreamError) as exc:
@@ -129,8 +128,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  FAILED: {', '.join(failed)} (rerun ./run.sh demo to resume there)")
     if missing:
         print(f"  NOT DEPLOYED, not implemented yet: {', '.join(missing)}")
-    print(f"  log in:   python3 tests/lab/lab.py ssh {DEMO_LAB} node1")
-    print(f"  tear down: python3 tests/lab/lab.py down {DEMO_LAB}")
+    print(f"  log in:   python3 tools/lab/lab.py ssh {DEMO_LAB} node1")
+    print(f"  tear down: python3 tools/lab/lab.py down {DEMO_LAB}")
     return 0 if code in (0, 3) else code
 
 
@@ -138,11 +137,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["list-artifacts"]:
         # Its options belong to the resolver's CLI; forward them untouched.
-        from ansible_collections.airgap.kubernetes.plugins.module_utils import list_artifacts
+        from ansible_collections.airgap.kubernetes.tools import list_artifacts
         return list_artifacts.main(argv[1:])
     if argv[:1] == ["build-bundle"]:
         try:
-            from ansible_collections.airgap.kubernetes.plugins.module_utils import build_bundle
+            from ansible_collections.airgap.kubernetes.tools import build_bundle
         except ImportError:
             print("run.sh: error: build-bundle does not exist yet in this version", file=sys.stderr)
             return 2

@@ -153,7 +153,7 @@ def _image_exists(tag: str) -> bool:
 
 
 def unmount_cgroups() -> list[str]:
-    """The cgroup v1 mount names the node image unmounts (tests/lab/image/unmount-cgroups)."""
+    """The cgroup v1 mount names the node image unmounts (tools/lab/image/unmount-cgroups)."""
     lines = (IMAGE_DIR / "unmount-cgroups").read_text().splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
@@ -182,7 +182,7 @@ def check_unmount_list() -> Optional[str]:
     expected = known - mounted
     if listed == expected:
         return None
-    return (f"tests/lab/image/unmount-cgroups lists {sorted(listed)} but this host leaves "
+    return (f"tools/lab/image/unmount-cgroups lists {sorted(listed)} but this host leaves "
             f"{sorted(expected)} unmounted: update the file so nodes unmount exactly those")
 
 
@@ -259,7 +259,7 @@ def _build_image(release: str, base: str, tag: str) -> None:
         context = Path(tmp) / "image"
         shutil.copytree(IMAGE_DIR, context)
         if recipe_hash(release, context) != tag.rsplit("-", 1)[1]:
-            raise LabError(f"tests/lab/image/ changed while {tag} was being built: run it again")
+            raise LabError(f"tools/lab/image/ changed while {tag} was being built: run it again")
         _log(f"building {tag} from {base}")
         # The legacy builder: the Debian docker.io CLI here has no buildx, and FROM a local
         # image must not try a registry.
@@ -400,7 +400,7 @@ def _subnet_problem(name: str, subnet: ipaddress.IPv4Network,
         for net in nets:
             if net.overlaps(subnet):
                 return (f"lab {name} needs subnet {subnet}, but docker network {net_name!r} uses {net}: "
-                        f"remove that network (`python3 tests/lab/lab.py down ...` if it is a lab)")
+                        f"remove that network (`python3 tools/lab/lab.py down ...` if it is a lab)")
     for iface, net in routes:
         if iface.startswith(("br-", "docker")):
             continue  # docker's own bridges were checked above, by network
@@ -473,7 +473,7 @@ def _group(hosts: list[str], indent: str) -> str:
 
 def render_hosts_yml(lab: Lab) -> str:
     """The lab's inventory in kubespray's groups."""
-    lines = [f"# Lab {lab.name}: written by tests/lab/lab.py; removed by `lab.py down {lab.name}`.",
+    lines = [f"# Lab {lab.name}: written by tools/lab/lab.py; removed by `lab.py down {lab.name}`.",
              "all:", "  hosts:"]
     for h in lab.nodes + [lab.host("bundle")]:
         lines.append(f"    {h.name}: {{ansible_host: {h.ip}, ip: {h.ip}}}")
@@ -497,7 +497,7 @@ def render_lab_vars(lab: Lab) -> str:
     known_hosts = lab.dir / "known_hosts"
     cgroups = "".join(f'  - "{c}"\n' for c in unmount_cgroups())
     return f"""\
-# Lab {lab.name}: written by tests/lab/lab.py. Settings only a lab on this kind of host needs;
+# Lab {lab.name}: written by tools/lab/lab.py. Settings only a lab on this kind of host needs;
 # each says why (see LAB.md). Production inventories leave them at their defaults.
 ansible_user: root
 ansible_ssh_private_key_file: {lab.key}
@@ -559,7 +559,7 @@ def load(name: str) -> Lab:
     path = lab_dir(name) / "lab.json"
     if not path.exists():
         raise LabError(f"lab {name} does not exist here ({path} is missing): "
-                       f"`python3 tests/lab/lab.py list` shows the labs")
+                       f"`python3 tools/lab/lab.py list` shows the labs")
     data = json.loads(path.read_text())
     data["hosts"] = [Host(**h) for h in data["hosts"]]
     return Lab(**data)
@@ -654,7 +654,7 @@ def up(name: str, nodes: int, release: str = DEFAULT_RELEASE, internal: bool = F
     check_docker()
     lab = plan(name, nodes, release, internal, control_planes, etcd)
     if (lab.dir / "lab.json").exists() or _labelled("network", name):
-        raise LabError(f"lab {name} already exists: `python3 tests/lab/lab.py down {name}` first")
+        raise LabError(f"lab {name} already exists: `python3 tools/lab/lab.py down {name}` first")
     lab = plan(name, nodes, release, internal, control_planes, etcd, subnet=free_subnet(name))
     lab.image = ensure_image(release)
     lab.dir.mkdir(parents=True, exist_ok=True)
@@ -694,7 +694,7 @@ def up(name: str, nodes: int, release: str = DEFAULT_RELEASE, internal: bool = F
                 errors.append(str(exc))
     if errors:
         raise LabError(f"lab {name} did not come up ({len(errors)} of {len(lab.hosts)} hosts "
-                       f"failed); `python3 tests/lab/lab.py down {name}` removes it:\n"
+                       f"failed); `python3 tools/lab/lab.py down {name}` removes it:\n"
                        + "\n".join(errors))
     lab.timings = {"systemd_running_seconds": round(max(r.systemd_at for r in results), 2),
                    "ssh_answering_seconds": round(max(r.ssh_at for r in results), 2)}
