@@ -36,7 +36,7 @@ options:
   mode:
     description:
       - C(offline) fetches from the bundle server, C(upstream) from the upstream hosts or their C(upstream_bases).
-      - Defaults to the C(airgap_mode) variable, else C(offline).
+      - Defaults to the C(airgap_mode) variable (the collection's default is C(offline)).
     type: str
     choices: [offline, upstream]
   os_family:
@@ -74,20 +74,19 @@ _raw:
 
 from pathlib import Path
 
-from ansible.errors import AnsibleLookupError
+from ansible.errors import AnsibleLookupError, AnsibleOptionsError
 from ansible.plugins.lookup import LookupBase
 
 from ansible_collections.airgap.kubernetes.plugins.module_utils import config as cfg
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
 
 COLLECTION = Path(__file__).resolve().parents[2]
-# Read from the call itself: the resolver validates their values with messages that list the valid ones.
-OPTIONS = ("kind", "group", "arch", "mode", "os_family")
 
 
 class LookupModule(LookupBase):
     def _config(self, variables: dict) -> dict:
-        defaults = cfg.load_defaults(COLLECTION)
+        # The host's variables hold these defaults when cluster_defaults is in the play; this covers plays without it.
+        defaults = cfg.cached_defaults(COLLECTION)
         catalog = variables.get("airgap_catalog") or defaults["airgap_catalog"]
         config = dict(defaults)
         keys = resolver.config_keys(catalog) | {"catalog_overlay_files", "catalog_overlay", "airgap_mode"}
@@ -101,23 +100,29 @@ class LookupModule(LookupBase):
 
     def run(self, terms, variables=None, **kwargs):
         variables = variables or {}
-        unknown = sorted(set(kwargs) - set(OPTIONS))
-        if unknown:
-            raise AnsibleLookupError(f"airgap.kubernetes.artifact has no option {unknown[0]!r}: use {', '.join(OPTIONS)}")
+        options = [name for name in self.option_definitions if name != "_terms"]
+        unknown = sorted(set(kwargs) - set(options))
+        if unknown:  # set_options ignores unknown names, which would hide a typo such as kinds='image'
+            raise AnsibleLookupError(f"airgap.kubernetes.artifact has no option {unknown[0]!r}: use {', '.join(options)}")
+        try:  # checks each option's type and choices against DOCUMENTATION
+            self.set_options(var_options=variables, direct=kwargs)
+        except AnsibleOptionsError as exc:
+            # Ansible keeps the valid values in the help text, which a task's failure message leaves out.
+            raise AnsibleLookupError(f"{exc.message} {getattr(exc, '_help_text', None) or ''}".strip()) from None
         try:
             config = self._config(variables)
             catalog = resolver.apply_overlays(config["airgap_catalog"],
                                               cfg.load_overlays(config, variables.get("inventory_dir")))
-            arch = kwargs.get("arch") or variables.get("ansible_architecture") or \
+            arch = self.get_option("arch") or variables.get("ansible_architecture") or \
                 (variables.get("ansible_facts") or {}).get("architecture")
             if not arch:
                 raise resolver.CatalogError("the host's arch is unknown: gather facts first, or pass arch=amd64")
-            mode = kwargs.get("mode") or config.get("airgap_mode") or "offline"
-            family = kwargs.get("os_family") or str(variables.get("ansible_os_family") or "debian").lower()
+            mode = self.get_option("mode") or config.get("airgap_mode")
+            family = self.get_option("os_family") or str(variables.get("ansible_os_family") or "debian").lower()
             if terms:
                 return [resolver.resolve_one(catalog, config, str(t), arch, mode, family).to_dict() for t in terms]
-            group = kwargs.get("group")
-            return [a.to_dict() for a in resolver.resolve(catalog, config, arch, mode, kwargs.get("kind"), family)
+            group = self.get_option("group")
+            return [a.to_dict() for a in resolver.resolve(catalog, config, arch, mode, self.get_option("kind"), family)
                     if not group or group in a.groups]
         except resolver.CatalogError as exc:
             raise AnsibleLookupError(str(exc)) from None

@@ -49,18 +49,20 @@ def _vars_file(path: Path) -> dict:
     return data
 
 
-def _group_vars(directory: Path, group: str) -> dict:
+def _group_vars_files(directory: Path, group: str) -> list:
     """group_vars/<group>.yml or every file in group_vars/<group>/, in name order, as Ansible reads them."""
-    merged: dict = {}
-    for suffix in ("",) + _YAML_SUFFIXES:
-        single = directory / f"{group}{suffix}"
-        if single.is_file():
-            merged.update(_vars_file(single))
+    files = [directory / f"{group}{suffix}" for suffix in ("",) + _YAML_SUFFIXES]
+    files = [path for path in files if path.is_file()]
     folder = directory / group
     if folder.is_dir():
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and path.suffix in _YAML_SUFFIXES:
-                merged.update(_vars_file(path))
+        files.extend(path for path in sorted(folder.rglob("*")) if path.is_file() and path.suffix in _YAML_SUFFIXES)
+    return files
+
+
+def _group_vars(directory: Path, group: str) -> dict:
+    merged: dict = {}
+    for path in _group_vars_files(directory, group):
+        merged.update(_vars_file(path))
     return merged
 
 
@@ -158,6 +160,24 @@ def inventory_dir(inventory_path: Union[str, Path, None]) -> Optional[Path]:
 def load_defaults(repo_root: Union[str, Path]) -> dict:
     """The collection's own group_vars/all/*.yml: the catalog and every knob's default."""
     return _group_vars(Path(repo_root) / "group_vars", "all")
+
+
+_DEFAULTS_CACHE: dict = {}
+
+
+def cached_defaults(repo_root: Union[str, Path]) -> Mapping:
+    """load_defaults, parsed again only when a file of group_vars/all is added, removed or changed.
+
+    The artifact lookup runs once per task and host, and parsing the catalog costs about 10 ms; a stat of each
+    file costs microseconds. The result is shared between callers: read it, never change it.
+    """
+    files = _group_vars_files(Path(repo_root) / "group_vars", "all")
+    stamp = tuple((str(path), stat.st_mtime_ns, stat.st_size) for path, stat in ((p, p.stat()) for p in files))
+    key = str(Path(repo_root).resolve())
+    cached = _DEFAULTS_CACHE.get(key)
+    if cached is None or cached[0] != stamp:
+        cached = _DEFAULTS_CACHE[key] = (stamp, load_defaults(repo_root))
+    return cached[1]
 
 
 def load_config(repo_root: Union[str, Path], inventory_path: Union[str, Path, None],

@@ -167,3 +167,30 @@ def test_an_overlay_file_that_is_not_yaml_is_reported(tmp_path):
     write(tmp_path / "bad.yml", "components: [unclosed\n")
     with pytest.raises(CatalogError, match="catalog overlay file .*bad.yml is not valid YAML"):
         cfg.load_overlays({"catalog_overlay_files": ["bad.yml"]}, tmp_path)
+
+
+def test_cached_defaults_are_the_collections_defaults():
+    assert cfg.cached_defaults(REPO) == cfg.load_defaults(REPO)
+
+
+def test_cached_defaults_are_read_from_disk_once_while_the_files_are_unchanged(tmp_path, monkeypatch):
+    write(tmp_path / "group_vars" / "all" / "main.yml", "knob: one\n")
+    first = cfg.cached_defaults(tmp_path)
+    monkeypatch.setattr(cfg, "load_defaults", lambda root: pytest.fail("read again although nothing changed"))
+    assert cfg.cached_defaults(tmp_path) is first
+
+
+def test_cached_defaults_are_read_again_when_a_file_changes_or_is_added(tmp_path):
+    write(tmp_path / "group_vars" / "all" / "main.yml", "knob: one\n")
+    assert cfg.cached_defaults(tmp_path)["knob"] == "one"
+    write(tmp_path / "group_vars" / "all" / "main.yml", "knob: three\n")
+    assert cfg.cached_defaults(tmp_path)["knob"] == "three"
+    write(tmp_path / "group_vars" / "all" / "zz.yml", "knob: last\n")
+    assert cfg.cached_defaults(tmp_path)["knob"] == "last"
+
+
+def test_kube_version_has_one_default_the_catalogs_default_line():
+    defaults = cfg.load_defaults(REPO)
+    assert defaults["kube_version"] == ""
+    catalog = defaults["airgap_catalog"]
+    assert catalog["lines"][catalog["default_line"]]["kube_version"]

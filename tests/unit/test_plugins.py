@@ -5,11 +5,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
+from ansible import constants as C
 from ansible.errors import AnsibleFilterError, AnsibleLookupError
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
 
 from ansible_collections.airgap.kubernetes.plugins.filter.mirror import FilterModule
+from ansible_collections.airgap.kubernetes.plugins.lookup import artifact
 from ansible_collections.airgap.kubernetes.plugins.lookup.artifact import LookupModule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,6 +29,10 @@ def ansible(tool, *args):
 def lookup(terms=(), variables=None, **kwargs):
     loader = DataLoader()
     plugin = LookupModule(loader=loader, templar=Templar(loader=loader))
+    # What the plugin loader does on load, so set_options knows the documented options.
+    plugin._load_name = "airgap.kubernetes.artifact"
+    C.config.initialize_plugin_configuration_definitions("lookup", plugin._load_name,
+                                                         yaml.safe_load(artifact.DOCUMENTATION)["options"])
     return plugin.run(list(terms), variables={"ansible_architecture": "x86_64", **(variables or {})}, **kwargs)
 
 
@@ -111,3 +118,14 @@ def test_a_filter_reports_input_outside_the_layout_as_a_filter_error():
 def test_the_lookup_refuses_an_unknown_option():
     with pytest.raises(AnsibleLookupError, match="has no option 'flavour': use kind, group, arch, mode, os_family"):
         lookup(["etcd"], flavour="x")
+
+
+def test_the_lookup_checks_an_options_choices_against_its_documentation():
+    with pytest.raises(AnsibleLookupError, match="Invalid value 'binary' for config 'kind'") as info:
+        lookup(kind="binary")
+    assert str(info.value).endswith("Valid values are: file, image, package")
+
+
+def test_the_lookup_mode_defaults_to_the_hosts_airgap_mode():
+    [etcd] = lookup(["etcd"], {"airgap_mode": "upstream"})
+    assert etcd["url"].startswith("https://github.com/etcd-io/etcd/releases/download/")
