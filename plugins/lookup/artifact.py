@@ -27,8 +27,11 @@ options:
     type: str
     choices: [file, image, package]
   group:
-    description: Without terms, only artifacts that hosts of this inventory group need.
-    type: str
+    description:
+      - Without terms, only artifacts that hosts of these inventory groups need (any of them).
+      - Pass C(group_names) for what the current host needs.
+    type: list
+    elements: str
   arch:
     description:
       - Arch to resolve for. Defaults to the host's C(ansible_architecture) fact (x86_64 or aarch64 accepted).
@@ -61,7 +64,7 @@ EXAMPLES = r"""
 
 - name: Install every OS package this host's groups need
   ansible.builtin.package:
-    name: "{{ query('airgap.kubernetes.artifact', kind='package', group='k8s_cluster') | map(attribute='package') }}"
+    name: "{{ query('airgap.kubernetes.artifact', kind='package', group=group_names) | map(attribute='package') }}"
     state: present
 """
 
@@ -121,8 +124,8 @@ class LookupModule(LookupBase):
             family = self.get_option("os_family") or str(variables.get("ansible_os_family") or "debian").lower()
             if terms:
                 return [resolver.resolve_one(catalog, config, str(t), arch, mode, family).to_dict() for t in terms]
-            group = self.get_option("group")
+            groups = self.get_option("group")  # an empty list (a host in no group) needs nothing
             return [a.to_dict() for a in resolver.resolve(catalog, config, arch, mode, self.get_option("kind"), family)
-                    if not group or group in a.groups]
+                    if groups is None or set(groups) & set(a.groups)]
         except resolver.CatalogError as exc:
             raise AnsibleLookupError(str(exc)) from None

@@ -129,3 +129,30 @@ def test_the_lookup_checks_an_options_choices_against_its_documentation():
 def test_the_lookup_mode_defaults_to_the_hosts_airgap_mode():
     [etcd] = lookup(["etcd"], {"airgap_mode": "upstream"})
     assert etcd["url"].startswith("https://github.com/etcd-io/etcd/releases/download/")
+
+
+def test_the_lookup_narrows_to_the_artifacts_any_of_several_groups_need():
+    names = {a["name"] for a in lookup(kind="package", group=["etcd", "bundle_server"])}
+    assert {"chrony", "python3", "bundle-nginx", "bundle-registry"} <= names and "conntrack" not in names
+
+
+def test_the_lookup_gives_a_host_in_no_group_no_artifacts():
+    assert lookup(kind="package", group=[]) == []
+
+
+def test_bootstrap_os_installs_the_catalog_packages_of_the_hosts_own_groups(tmp_path):
+    (tmp_path / "hosts.yml").write_text("all:\n  children:\n    etcd:\n      hosts:\n        localhost:\n"
+                                        "          ansible_connection: local\n          ansible_architecture: x86_64\n")
+    (tmp_path / "play.yml").write_text(f"""\
+- name: Show the packages
+  hosts: etcd
+  gather_facts: false
+  vars_files: [{REPO}/roles/bootstrap_os/defaults/main.yml]
+  roles: [airgap.kubernetes.cluster_defaults]
+  tasks:
+    - name: Show the packages
+      ansible.builtin.debug:
+        msg: "{{{{ bootstrap_os_catalog_packages | join(' ') }}}}"
+""")
+    proc = ansible("ansible-playbook", "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml"))
+    assert '"msg": "chrony python3 python3-apt python3-cryptography"' in proc.stdout, proc.stdout + proc.stderr
