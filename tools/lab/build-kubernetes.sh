@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the lab's Kubernetes v1.20.2 (server binaries, kubectl, pause) offline from Debian's
 # source package, cached outside the work tree and keyed by the source tarball's sha256.
-# Prints the cache directory on its last line. See ../shared/LAB.md for why each step exists.
+# Prints the cache directory on its last line. docs/lab.md says why each step exists.
 set -euo pipefail
 
 CACHE_ROOT="${AIRGAP_CACHE:-$HOME/.cache/airgap-kubernetes}/k8s-build"

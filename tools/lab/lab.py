@@ -30,7 +30,7 @@ LAB_ROOT = Path(os.environ.get("AIRGAP_LAB_ROOT", REPO / ".lab"))
 RELEASES = ("bookworm", "trixie")
 DEFAULT_RELEASE = "bookworm"
 MIRROR = os.environ.get("AIRGAP_LAB_MIRROR", "http://deb.debian.org/debian")
-# LAB.md's list plus kmod: trixie's systemd-modules-load fails without libkmod, and the roles
+# docs/lab.md's list plus kmod: trixie's systemd-modules-load fails without libkmod, and the roles
 # call modprobe, which every real Debian server has.
 DEBOOTSTRAP_INCLUDE = (
     "systemd,systemd-sysv,dbus,python3,openssh-server,sudo,iproute2,ca-certificates,gnupg,curl,kmod"
@@ -45,7 +45,7 @@ FIRST_NODE_OCTET = 11
 MAX_NODES = 200
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
 
-# LAB.md "Running a node": --privileged fails on this host (no CAP_SYS_RESOURCE in the
+# docs/lab.md "Running a node": --privileged fails on this host (no CAP_SYS_RESOURCE in the
 # bounding set), so every other capability is granted explicitly instead.
 NODE_RUN_FLAGS = (
     "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
@@ -116,7 +116,7 @@ def _check_release(release: str) -> None:
 
 
 def debootstrap_args(release: str, rootfs: str) -> list[str]:
-    """The debootstrap command line for a release (LAB.md "Node image")."""
+    """The debootstrap command line for a release (docs/lab.md "The node image")."""
     return ["debootstrap", "--variant=minbase", f"--include={DEBOOTSTRAP_INCLUDE}",
             release, rootfs, MIRROR]
 
@@ -498,7 +498,7 @@ def render_lab_vars(lab: Lab) -> str:
     cgroups = "".join(f'  - "{c}"\n' for c in unmount_cgroups())
     return f"""\
 # Lab {lab.name}: written by tools/lab/lab.py. Settings only a lab on this kind of host needs;
-# each says why (see LAB.md). Production inventories leave them at their defaults.
+# each says why (see docs/lab.md). Production inventories leave them at their defaults.
 ansible_user: root
 ansible_ssh_private_key_file: {lab.key}
 # Host keys are made per node at first boot; this file holds the ones lab.py collected.
