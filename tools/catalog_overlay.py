@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
@@ -11,16 +10,9 @@ import yaml
 
 from ansible_collections.airgap.kubernetes.plugins.module_utils import config as cfg
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
+from ansible_collections.airgap.kubernetes.plugins.module_utils.digests import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_overlay(entries: Iterable[tuple]) -> dict:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, TextIO
 
+from ansible_collections.airgap.kubernetes.plugins.module_utils.digests import hash_tree
+
 DEPLOY_STEPS = ("00-ssh", "01-bootstrap-os", "02-etcd", "03-control-plane", "04-network", "05-apps")
 
 # Each command is an ordered list of steps; a step is a playbook under playbooks/.
@@ -93,16 +95,7 @@ class Run:
 
 def _hash_tree(digest: "hashlib._Hash", root: Path, label: str) -> None:
     """Feeds every file under root (sorted, state dir excluded) into digest."""
-    if not root.exists():
-        digest.update(f"{label}:absent\n".encode())
-        return
-    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for path in paths:
-        rel = path.relative_to(root.parent if root.is_file() else root)
-        if STATE_DIR_NAME in rel.parts or "__pycache__" in rel.parts:
-            continue
-        digest.update(f"{label}:{rel}:".encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    hash_tree(digest, root, label, skip=(STATE_DIR_NAME, "__pycache__"))
 
 
 def _extra_var_sources(extra_vars: Iterable[str], base: Path) -> list[tuple[str, bytes]]:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
+
+from ansible_collections.airgap.kubernetes.plugins.module_utils.digests import sha256_file
 
 FORMAT = "airgap.kubernetes/bundle"
 FORMAT_VERSION = 1
@@ -24,7 +25,6 @@ INDEX_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_CHUNK = 1 << 20
 
 PathLike = Union[str, os.PathLike]
 
@@ -43,14 +43,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.name}: {self.detail}"
-
-
-def sha256_file(path: PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def split_reference(ref: str) -> tuple[str, Optional[str], Optional[str]]:
