@@ -15,6 +15,7 @@ sys.path.insert(0, str(REPO / ".collections"))
 from ansible_collections.airgap.kubernetes.tools.lab import upstream  # noqa: E402
 
 from ansible_collections.airgap.kubernetes.tools import build_bundle as bb  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools.bundle_images import local_registry  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def registry_availability(bundle: Path, images: list) -> float:
                         "application/vnd.docker.distribution.manifest.list.v2+json",
                         "application/vnd.docker.distribution.manifest.v2+json"])
     started = time.monotonic()
-    with bb.local_registry(bundle / bundlefmt.REGISTRY_DIR) as registry:
+    with local_registry(bundle / bundlefmt.REGISTRY_DIR) as registry:
         for ref in images:
             repo, tag, _ = bundlefmt.split_reference(ref)
             req = urllib.request.Request(f"http://{registry}/v2/{repo}/manifests/{tag}", headers={"Accept": accept})

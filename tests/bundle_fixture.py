@@ -22,6 +22,8 @@ if str(REPO / ".collections") not in sys.path:
     sys.path.insert(0, str(REPO / ".collections"))
 
 from ansible_collections.airgap.kubernetes.tools import build_bundle as builder  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools.bundle_apt import write_apt_repo  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools.bundle_images import local_registry  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
 
 CACHE = Path(os.environ.get("AIRGAP_CACHE", Path.home() / ".cache" / "airgap-kubernetes")) / "bundle-fixture"
@@ -102,7 +104,7 @@ def add_apt_repo(bundle: Path) -> None:
     pool.mkdir(parents=True)
     for deb in download_debs(APT_PACKAGES, closure=True):
         shutil.copyfile(deb, pool / deb.name)
-    builder.write_apt_repo(bundle, {SUITE: [ARCH]})
+    write_apt_repo(bundle, {SUITE: [ARCH]})
 
 
 def _local_images() -> dict[str, str]:
@@ -133,7 +135,7 @@ def add_registry(bundle: Path) -> dict[str, str]:
     storage = bundle / bundlefmt.REGISTRY_DIR
     storage.mkdir()
     tags = _local_images()
-    with builder.local_registry(storage) as registry:
+    with local_registry(storage) as registry:
         for ref, local in tags.items():
             _run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
                   f"docker-daemon:{local}", f"docker://{registry}/{ref}"])

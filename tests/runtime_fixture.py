@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bundle_fixture as fixture  # noqa: E402
 from ansible_collections.airgap.kubernetes.tools.lab import upstream  # noqa: E402
 
-from ansible_collections.airgap.kubernetes.tools import build_bundle as builder  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import bundle_apt, bundle_downloads  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools.progress import Progress  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
 from ansible_collections.airgap.kubernetes.tools import catalog_overlay  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import config as cfg  # noqa: E402
@@ -51,15 +52,15 @@ def catalog_packages() -> list[str]:
 
 def add_apt_suites(bundle: Path, packages: tuple[str, ...]) -> None:
     """apt/pool/<suite> with packages and their closure for every suite, through the bundle builder's own apt code
-    (tools/build_bundle.py), then apt/dists signed with a new key."""
+    (tools/bundle_apt.py), then apt/dists signed with a new key."""
     shutil.rmtree(bundle / "apt", ignore_errors=True)
-    progress = builder.Progress(live=False)
+    progress = Progress(live=False)
     for suite in SUITES:
-        jobs = builder.apt_closure(list(packages), suite, fixture.ARCH)
+        jobs = bundle_apt.apt_closure(list(packages), suite, fixture.ARCH)
         progress.start(f"apt {suite}", len(jobs))
-        builder.download_all(jobs, bundle, progress, cache=fixture.CACHE / "deb-cache")
+        bundle_downloads.download_all(jobs, bundle, progress, cache=fixture.CACHE / "deb-cache")
         progress.finish()
-    builder.write_apt_repo(bundle, {suite: [fixture.ARCH] for suite in SUITES})
+    bundle_apt.write_apt_repo(bundle, {suite: [fixture.ARCH] for suite in SUITES})
 
 
 def add_runtime_files(bundle: Path, catalog: dict) -> dict[str, tuple[str, Path]]:
@@ -116,7 +117,8 @@ def build(out: Path) -> dict:
 def recipe_hash() -> str:
     """Hash of the code that builds the fixture: a reused fixture is one this very code built."""
     digest = hashlib.sha256()
-    for path in (Path(__file__), Path(fixture.__file__), Path(upstream.__file__), Path(builder.__file__)):
+    for path in (Path(__file__), Path(fixture.__file__), Path(upstream.__file__),
+                 Path(bundle_apt.__file__), Path(bundle_downloads.__file__)):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

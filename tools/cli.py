@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
 
-from ansible_collections.airgap.kubernetes.tools import steps
+from ansible_collections.airgap.kubernetes.tools import options, steps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,14 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     width = max(len(c) for c in COMMANDS)
     epilog = "commands:\n" + "\n".join(f"  {c:<{width}}  {h}" for c, h in COMMANDS.items())
     epilog += ("\n\nThe inventory comes from -i, else $AIRGAP_INVENTORY, else inventory/local/hosts.yml."
+               "\nExtra vars (an @file's content too) are part of the steps' fingerprint."
                "\nSteps, logs and the lock live in .airgap/ next to the inventory.")
     parser = argparse.ArgumentParser(prog="run.sh", description="Deploy and operate an air-gapped Kubernetes cluster.",
-                                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[options.parent_parser()])
     parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
     parser.add_argument("nodes", nargs="*", help="node names, for add-node and remove-node")
-    parser.add_argument("-i", "--inventory", help="inventory file or directory")
-    parser.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS",
-                        help="extra vars, as for ansible-playbook (KEY=VALUE or @file); part of the fingerprint")
     parser.add_argument("--bundle", help="unpacked bundle directory; its manifest.json is part of the fingerprint")
     parser.add_argument("--from", dest="from_step", metavar="STEP", help="rerun from STEP (exact name) to the end")
     parser.add_argument("--only", dest="only_step", metavar="STEP", help="run only STEP (exact name)")
@@ -55,15 +53,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--release", default="bookworm", choices=["bookworm", "trixie"],
                         help="demo: Debian release of the lab nodes")
     return parser
-
-
-def _inventory(arg: Optional[str]) -> Path:
-    raw = arg or os.environ.get("AIRGAP_INVENTORY") or str(REPO / "inventory" / "local" / "hosts.yml")
-    path = Path(raw).resolve()
-    if not path.exists():
-        raise steps.StepError(f"inventory {raw} does not exist: pass -i PATH, or copy inventory/sample "
-                              f"to inventory/local and fill it in")
-    return path
 
 
 def inventory_hosts(inventory: Path) -> set[str]:
@@ -152,7 +141,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return _demo(args)
         if args.command == "test":
             return subprocess.call(["bash", str(REPO / "tests" / "run-all.sh")], cwd=REPO)
-        inventory = _inventory(args.inventory)
+        inventory = options.inventory(args.inventory)
         if args.command == "steps":
             steps.describe(inventory)
             return 0
@@ -161,7 +150,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         # the other commands refuse to start when a playbook they need is missing.
         return steps.execute(run, args.from_step, args.only_step, _tool("ansible-playbook"),
                              stop_at_missing=args.command == "deploy-cluster")
-    except steps.StepError as exc:
+    except (steps.StepError, options.OptionError) as exc:
         print(f"run.sh: error: {exc}", file=sys.stderr)
         return 2
 

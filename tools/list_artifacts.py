@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
 from ansible_collections.airgap.kubernetes.plugins.module_utils import config as cfg
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
+from ansible_collections.airgap.kubernetes.tools import options
 
 REPO = Path(__file__).resolve().parents[1]
 KIND_ARGS = {"files": "file", "images": "image", "packages": "package"}
@@ -18,11 +18,9 @@ KIND_ARGS = {"files": "file", "images": "image", "packages": "package"}
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.sh list-artifacts",
-        description="List what the inventory's config needs, from the artifact catalog (group_vars/all/catalog.yml).")
-    parser.add_argument("-i", "--inventory", help="inventory file or directory "
-                        "(default: $AIRGAP_INVENTORY, else inventory/local/hosts.yml if present, else the defaults)")
-    parser.add_argument("--arch", choices=["amd64", "arm64", "all"],
-                        help="node arch (default: the inventory's cluster_arches)")
+        description="List what the inventory's config needs, from the artifact catalog (group_vars/all/catalog.yml).",
+        epilog="Without -i, $AIRGAP_INVENTORY or inventory/local/hosts.yml: the collection's defaults.",
+        parents=[options.parent_parser(arch_help="node arch")])
     parser.add_argument("--kind", choices=list(KIND_ARGS) + ["all"], default="all")
     parser.add_argument("--format", choices=["text", "json", "markdown"], default="text",
                         help="markdown: the catalog's reference table, whatever the config enables")
@@ -30,22 +28,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="upstream: where to download from (after upstream_bases); offline: the bundle server")
     parser.add_argument("--os-family", choices=["debian", "redhat", "all"], default="all")
     parser.add_argument("--group", help="only what hosts of this inventory group need (e.g. etcd)")
-    parser.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS",
-                        help="KEY=VALUE, @file or a JSON mapping, as for ansible-playbook")
     return parser
 
 
-def _default_inventory() -> Optional[str]:
-    if os.environ.get("AIRGAP_INVENTORY"):
-        return os.environ["AIRGAP_INVENTORY"]
-    local = REPO / "inventory" / "local" / "hosts.yml"
-    return str(local) if local.exists() else None
+def load(inventory: Union[str, Path, None], extra_vars: Optional[list] = None) -> tuple[dict, dict]:
+    """(catalog with overlays applied, config) for an inventory, as the deploy would see them.
 
-
-def load(inventory: Optional[str], extra_vars: Optional[list] = None) -> tuple[dict, dict]:
-    """(catalog with overlays applied, config) for an inventory, as the deploy would see them."""
+    An -e @file is read from the caller's directory, as the step engine and ansible-playbook read it; only the
+    catalog overlay files the config names are relative to the inventory."""
     inv_dir = cfg.inventory_dir(inventory)
-    config = cfg.load_config(REPO, inventory, cfg.parse_extra_vars(extra_vars, inv_dir or Path.cwd()))
+    config = cfg.load_config(REPO, inventory, cfg.parse_extra_vars(extra_vars, Path.cwd()))
     catalog = config.get("airgap_catalog")
     if not isinstance(catalog, Mapping):
         raise resolver.CatalogError("airgap_catalog is missing or not a mapping: it comes from group_vars/all/catalog.yml")
@@ -119,19 +111,14 @@ def markdown(catalog: Mapping) -> str:
 def main(argv: Optional[list] = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        catalog, config = load(args.inventory or _default_inventory(), args.extra_vars)
+        catalog, config = load(options.inventory(args.inventory, required=False), args.extra_vars)
         if args.format == "markdown":
             sys.stdout.write(markdown(catalog))
             return 0
-        if args.arch == "all":
-            arches = list(catalog.get("arches", []))
-        elif args.arch:
-            arches = [args.arch]
-        else:
-            arches = [resolver.normalize_arch(catalog, a) for a in (config.get("cluster_arches") or ["amd64"])]
+        arches = options.arches(catalog, config, args.arch)
         families = list(catalog.get("os_families", [])) if args.os_family == "all" else [args.os_family]
         entries = collect(catalog, config, arches, KIND_ARGS.get(args.kind), args.mode, families, args.group)
-    except resolver.CatalogError as exc:
+    except (resolver.CatalogError, options.OptionError) as exc:
         print(f"list-artifacts: error: {exc}", file=sys.stderr)
         return 2
     if args.format == "json":

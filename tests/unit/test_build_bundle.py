@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.airgap.kubernetes.tools import build_bundle as bb
+from ansible_collections.airgap.kubernetes.tools import bundle_apt
+from ansible_collections.airgap.kubernetes.tools import bundle_common
+from ansible_collections.airgap.kubernetes.tools import bundle_downloads
+from ansible_collections.airgap.kubernetes.tools import bundle_images
+from ansible_collections.airgap.kubernetes.tools import bundle_plan
+from ansible_collections.airgap.kubernetes.tools import progress as prog
 from ansible_collections.airgap.kubernetes.tools import list_artifacts
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -66,7 +71,7 @@ def upstream():
 
 def test_download_fetches_and_verifies_a_file(upstream: str, tmp_path: Path) -> None:
     dest = tmp_path / "files" / "x"
-    assert bb.download(f"{upstream}/file", dest, SHA, "x") == "downloaded"
+    assert bundle_downloads.download(f"{upstream}/file", dest, SHA, "x") == "downloaded"
     assert dest.read_bytes() == PAYLOAD
     assert not dest.with_name("x.part").exists()
 
@@ -74,14 +79,14 @@ def test_download_fetches_and_verifies_a_file(upstream: str, tmp_path: Path) -> 
 def test_download_continues_a_partial_file_with_a_range_request(upstream: str, tmp_path: Path) -> None:
     dest = tmp_path / "x"
     (tmp_path / "x.part").write_bytes(PAYLOAD[:300_000])
-    assert bb.download(f"{upstream}/file", dest, SHA, "x") == "resumed"
+    assert bundle_downloads.download(f"{upstream}/file", dest, SHA, "x") == "resumed"
     assert dest.read_bytes() == PAYLOAD
     assert _Upstream.requests == [("/file", "bytes=300000-")]
 
 
 def test_download_resumes_after_the_connection_drops_midway(upstream: str, tmp_path: Path) -> None:
-    with pytest.raises(bb.BuildError, match="failed 2 times"):
-        bb.download(f"{upstream}/cut", tmp_path / "x", SHA, "x", retries=1, backoff=0)
+    with pytest.raises(bundle_common.BuildError, match="failed 2 times"):
+        bundle_downloads.download(f"{upstream}/cut", tmp_path / "x", SHA, "x", retries=1, backoff=0)
     # Each attempt kept what arrived and asked only for the rest.
     assert _Upstream.requests[0] == ("/cut", None)
     assert _Upstream.requests[1][1] == f"bytes={len(PAYLOAD) // 2}-"
@@ -90,32 +95,32 @@ def test_download_resumes_after_the_connection_drops_midway(upstream: str, tmp_p
 
 def test_download_starts_over_when_the_server_ignores_range(upstream: str, tmp_path: Path) -> None:
     (tmp_path / "x.part").write_bytes(b"garbage")
-    bb.download(f"{upstream}/norange", tmp_path / "x", SHA, "x")
+    bundle_downloads.download(f"{upstream}/norange", tmp_path / "x", SHA, "x")
     assert (tmp_path / "x").read_bytes() == PAYLOAD
 
 
 def test_download_retries_server_errors(upstream: str, tmp_path: Path) -> None:
     _Upstream.flaky_left = 2
-    bb.download(f"{upstream}/flaky", tmp_path / "x", SHA, "x", retries=3, backoff=0)
+    bundle_downloads.download(f"{upstream}/flaky", tmp_path / "x", SHA, "x", retries=3, backoff=0)
     assert [r[0] for r in _Upstream.requests] == ["/flaky"] * 3
 
 
 def test_download_keeps_a_verified_file_without_fetching(upstream: str, tmp_path: Path) -> None:
     (tmp_path / "x").write_bytes(PAYLOAD)
-    assert bb.download(f"{upstream}/file", tmp_path / "x", SHA, "x") == "present"
+    assert bundle_downloads.download(f"{upstream}/file", tmp_path / "x", SHA, "x") == "present"
     assert _Upstream.requests == []
 
 
 def test_a_missing_upstream_file_is_not_retried_and_names_the_url(upstream: str, tmp_path: Path) -> None:
-    with pytest.raises(bb.BuildError, match=r"etcd: http://127\.0\.0\.1:\d+/missing answered 404.*upstream_bases"):
-        bb.download(f"{upstream}/missing", tmp_path / "x", SHA, "etcd", retries=3, backoff=0)
+    with pytest.raises(bundle_common.BuildError, match=r"etcd: http://127\.0\.0\.1:\d+/missing answered 404.*upstream_bases"):
+        bundle_downloads.download(f"{upstream}/missing", tmp_path / "x", SHA, "etcd", retries=3, backoff=0)
     assert len(_Upstream.requests) == 1
 
 
 def test_checksum_mismatch_names_artifact_url_expected_and_got(upstream: str, tmp_path: Path) -> None:
     wrong = "0" * 64
-    with pytest.raises(bb.ChecksumError) as err:
-        bb.download(f"{upstream}/file", tmp_path / "kubelet", wrong, "kubelet")
+    with pytest.raises(bundle_common.ChecksumError) as err:
+        bundle_downloads.download(f"{upstream}/file", tmp_path / "kubelet", wrong, "kubelet")
     message = str(err.value)
     assert message.startswith(f"kubelet: {upstream}/file has sha256 {SHA}, the catalog expects {wrong}")
     assert "catalog overlay" in message
@@ -124,11 +129,11 @@ def test_checksum_mismatch_names_artifact_url_expected_and_got(upstream: str, tm
 
 
 def test_download_all_reports_every_failure_at_once(upstream: str, tmp_path: Path) -> None:
-    jobs = [bb.FileJob("a", "1", f"{upstream}/missing", "files/a", SHA),
-            bb.FileJob("b", "1", f"{upstream}/file", "files/b", "1" * 64),
-            bb.FileJob("c", "1", f"{upstream}/file", "files/c", SHA)]
-    with pytest.raises(bb.BuildError) as err:
-        bb.download_all(jobs, tmp_path, bb.Progress(io.StringIO(), live=False), workers=3)
+    jobs = [bundle_plan.FileJob("a", "1", f"{upstream}/missing", "files/a", SHA),
+            bundle_plan.FileJob("b", "1", f"{upstream}/file", "files/b", "1" * 64),
+            bundle_plan.FileJob("c", "1", f"{upstream}/file", "files/c", SHA)]
+    with pytest.raises(bundle_common.BuildError) as err:
+        bundle_downloads.download_all(jobs, tmp_path, prog.Progress(io.StringIO(), live=False), workers=3)
     assert "a: " in str(err.value) and "b: " in str(err.value)
     assert (tmp_path / "files" / "c").read_bytes() == PAYLOAD
 
@@ -137,7 +142,7 @@ def test_prune_removes_what_the_plan_no_longer_has(tmp_path: Path) -> None:
     for rel in ("files/h/keep", "files/h/old/drop", "files/h/drop.part"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
-    assert sorted(bb.prune(tmp_path / "files", {"files/h/keep"}, tmp_path)) == ["files/h/drop.part", "files/h/old/drop"]
+    assert sorted(bundle_downloads.prune(tmp_path / "files", {"files/h/keep"}, tmp_path)) == ["files/h/drop.part", "files/h/old/drop"]
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")] == ["files", "files/h", "files/h/keep"]
 
 
@@ -150,7 +155,7 @@ def _lab_catalog() -> tuple:
 
 def test_plan_holds_exactly_the_resolvers_lists() -> None:
     catalog, config = _lab_catalog()
-    plan = bb.make_plan(catalog, config, ["amd64"], ["bookworm"])
+    plan = bundle_plan.make_plan(catalog, config, ["amd64"], ["bookworm"])
     resolved = list_artifacts.collect(catalog, config, ["amd64"], None, "upstream", ["debian"])
     assert sorted(j.url for j in plan.files) == sorted(e["url"] for e in resolved if e["kind"] == "file")
     assert sorted(j.source for j in plan.images) == sorted(e["ref"] for e in resolved if e["kind"] == "image")
@@ -160,7 +165,7 @@ def test_plan_holds_exactly_the_resolvers_lists() -> None:
 
 def test_plan_keeps_a_disabled_component_out() -> None:
     catalog, config = _lab_catalog()
-    plan = bb.make_plan(catalog, config, ["amd64"], [])
+    plan = bundle_plan.make_plan(catalog, config, ["amd64"], [])
     assert "crictl" not in {j.name for j in plan.files}
     assert "calico-node" not in {j.name for j in plan.images}
     assert "containernetworking-plugins" in plan.packages
@@ -169,7 +174,7 @@ def test_plan_keeps_a_disabled_component_out() -> None:
 def test_plan_fetches_through_upstream_bases_but_stores_under_the_upstream_path() -> None:
     catalog, config = _lab_catalog()
     config = {**config, "upstream_bases": {"dl.k8s.io": "http://127.0.0.1:8080/dl", "registry.k8s.io": "127.0.0.1:5001/k8s"}}
-    plan = bb.make_plan(catalog, config, ["amd64"], [])
+    plan = bundle_plan.make_plan(catalog, config, ["amd64"], [])
     kubeadm = next(j for j in plan.files if j.name == "kubeadm")
     assert kubeadm.url.startswith("http://127.0.0.1:8080/dl/release/v")
     assert kubeadm.path.startswith("files/dl.k8s.io/release/v")
@@ -180,33 +185,33 @@ def test_plan_fetches_through_upstream_bases_but_stores_under_the_upstream_path(
 
 def test_a_multiarch_image_is_copied_once_for_every_arch() -> None:
     catalog, config = _lab_catalog()
-    plan = bb.make_plan(catalog, config, ["amd64", "arm64"], [])
+    plan = bundle_plan.make_plan(catalog, config, ["amd64", "arm64"], [])
     pause = [j for j in plan.images if j.name == "pause"]
     assert len(pause) == 1 and pause[0].arches == ["amd64", "arm64"]
-    assert "--all" in bb.skopeo_copy_args(pause[0], "127.0.0.1:1", ["amd64", "arm64"], [])
+    assert "--all" in bundle_images.skopeo_copy_args(pause[0], "127.0.0.1:1", ["amd64", "arm64"], [])
 
 
 def test_one_arch_of_a_multiarch_image_copies_that_platform_only() -> None:
-    job = bb.ImageJob("pause", "3.2", "registry.k8s.io/pause:3.2", "127.0.0.1:5001/k8s/pause:3.2", None, True, ["arm64"])
-    args = bb.skopeo_copy_args(job, "127.0.0.1:9", ["amd64", "arm64"], [])
+    job = bundle_plan.ImageJob("pause", "3.2", "registry.k8s.io/pause:3.2", "127.0.0.1:5001/k8s/pause:3.2", None, True, ["arm64"])
+    args = bundle_images.skopeo_copy_args(job, "127.0.0.1:9", ["amd64", "arm64"], [])
     assert args[args.index("--override-arch") + 1] == "arm64"
     assert "--src-tls-verify=false" in args  # loopback upstreams speak plain HTTP
     assert args[-2:] == ["docker://127.0.0.1:5001/k8s/pause:3.2", "docker://127.0.0.1:9/registry.k8s.io/pause:3.2"]
 
 
 def test_an_image_pinned_by_digest_is_copied_by_digest() -> None:
-    job = bb.ImageJob("pause", "3.2", "registry.k8s.io/pause:3.2", "registry.k8s.io/pause:3.2", "sha256:" + "a" * 64,
+    job = bundle_plan.ImageJob("pause", "3.2", "registry.k8s.io/pause:3.2", "registry.k8s.io/pause:3.2", "sha256:" + "a" * 64,
                       True, ["amd64", "arm64"])
-    args = bb.skopeo_copy_args(job, "127.0.0.1:9", ["amd64", "arm64"], [])
+    args = bundle_images.skopeo_copy_args(job, "127.0.0.1:9", ["amd64", "arm64"], [])
     assert args[-2] == "docker://registry.k8s.io/pause@sha256:" + "a" * 64
     assert "--src-tls-verify=false" not in args
 
 
 def test_os_names_map_to_apt_suites() -> None:
-    assert bb.suites_for(["debian12", "debian13"]) == ["bookworm", "trixie"]
-    assert bb.suites_for(["trixie", ""]) == ["trixie"]
-    with pytest.raises(bb.BuildError, match="--os 'ubuntu22' is not supported: pick from debian12, debian13"):
-        bb.suites_for(["ubuntu22"])
+    assert bundle_plan.suites_for(["debian12", "debian13"]) == ["bookworm", "trixie"]
+    assert bundle_plan.suites_for(["trixie", ""]) == ["trixie"]
+    with pytest.raises(bundle_common.BuildError, match="--os 'ubuntu22' is not supported: pick from debian12, debian13"):
+        bundle_plan.suites_for(["ubuntu22"])
 
 
 # --------------------------------------------------------------------------- apt closure
@@ -222,7 +227,7 @@ The following NEW packages will be installed:
 
 
 def test_closure_list_is_every_deb_apt_would_fetch() -> None:
-    uris = bb.parse_print_uris(PRINT_URIS)
+    uris = bundle_apt.parse_print_uris(PRINT_URIS)
     assert [u.filename for u in uris] == ["libc6_2.36-9+deb12u10_amd64.deb", "conntrack_1.4.7-1+b2_amd64.deb",
                                           "zlib1g_1.2.13.dfsg-1_amd64.deb"]  # the pool's name: no epoch
     assert uris[1].url.endswith("conntrack_1.4.7-1%2bb2_amd64.deb") and uris[1].size == 35904
@@ -231,29 +236,29 @@ def test_closure_list_is_every_deb_apt_would_fetch() -> None:
 def test_closure_debs_are_checked_against_the_signed_index() -> None:
     index = ("Package: conntrack\nFilename: pool/main/c/conntrack-tools/conntrack_1.4.7-1+b2_amd64.deb\n"
              "SHA256: " + "c" * 64 + "\n\nPackage: x\nFilename: pool/main/x/x_1_all.deb\nMD5sum: 1\n")
-    assert bb.index_sha256(index) == {"conntrack_1.4.7-1+b2_amd64.deb": "c" * 64}
+    assert bundle_apt.index_sha256(index) == {"conntrack_1.4.7-1+b2_amd64.deb": "c" * 64}
 
 
 def test_apt_sources_cover_the_suite_its_updates_and_security() -> None:
-    text = bb.sources_list("trixie", bb.DEBIAN_MIRROR, bb.DEBIAN_SECURITY)
+    text = bundle_apt.sources_list("trixie", bundle_apt.DEBIAN_MIRROR, bundle_apt.DEBIAN_SECURITY)
     assert [line.split()[-2] for line in text.splitlines()] == ["trixie", "trixie-updates", "trixie-security"]
-    assert all(f"signed-by={bb.DEBIAN_KEYRING}" in line for line in text.splitlines())
+    assert all(f"signed-by={bundle_apt.DEBIAN_KEYRING}" in line for line in text.splitlines())
 
 
 # --------------------------------------------------------------------------- progress
 
 def test_progress_line_shows_count_bytes_and_rate() -> None:
-    line = bb.format_status("files", 3, 9, 120 * 2**20, 12.0, "files")
+    line = prog.format_status("files", 3, 9, 120 * 2**20, 12.0, "files")
     assert line == "files  3/9 files  120.0 MiB  10.0 MiB/s  12s"
 
 
 def test_progress_summary_line_per_phase() -> None:
-    assert bb.format_status("images", 7, 7, 0, 3.25, "images", final=True) == "[images] 7/7 images in 3.2 s"
+    assert prog.format_status("images", 7, 7, 0, 3.25, "images", final=True) == "[images] 7/7 images in 3.2 s"
 
 
 def test_without_a_terminal_progress_prints_one_line_per_phase() -> None:
     out = io.StringIO()
-    progress = bb.Progress(out, live=False)
+    progress = prog.Progress(out, live=False)
     progress.start("files", 2, "files")
     progress.advance(items=1, nbytes=1024)
     progress.advance(items=1, nbytes=1024)
@@ -264,7 +269,7 @@ def test_without_a_terminal_progress_prints_one_line_per_phase() -> None:
 
 def test_on_a_terminal_progress_redraws_one_line() -> None:
     out = io.StringIO()
-    progress = bb.Progress(out, live=True)
+    progress = prog.Progress(out, live=True)
     progress.start("images", 1, "images")
     progress.advance(items=1)
     progress.finish()
@@ -273,13 +278,13 @@ def test_on_a_terminal_progress_redraws_one_line() -> None:
 
 @pytest.mark.parametrize("n, text", [(512, "512 B"), (1536, "1.5 KiB"), (3 * 2**30, "3.0 GiB")])
 def test_human_bytes(n: int, text: str) -> None:
-    assert bb.human_bytes(n) == text
+    assert prog.human_bytes(n) == text
 
 
 def test_a_verified_download_is_reused_from_the_cache_for_another_bundle(upstream: str, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    assert bb.download(f"{upstream}/file", tmp_path / "one" / "x", SHA, "x", cache=cache) == "downloaded"
-    assert bb.download(f"{upstream}/file", tmp_path / "two" / "x", SHA, "x", cache=cache) == "cached"
+    assert bundle_downloads.download(f"{upstream}/file", tmp_path / "one" / "x", SHA, "x", cache=cache) == "downloaded"
+    assert bundle_downloads.download(f"{upstream}/file", tmp_path / "two" / "x", SHA, "x", cache=cache) == "cached"
     assert (tmp_path / "two" / "x").read_bytes() == PAYLOAD
     assert len(_Upstream.requests) == 1
 
@@ -288,5 +293,5 @@ def test_a_damaged_cache_entry_is_fetched_again(upstream: str, tmp_path: Path) -
     cache = tmp_path / "cache"
     (cache / SHA[:2]).mkdir(parents=True)
     (cache / SHA[:2] / SHA).write_bytes(b"tampered")
-    assert bb.download(f"{upstream}/file", tmp_path / "x", SHA, "x", cache=cache) == "downloaded"
+    assert bundle_downloads.download(f"{upstream}/file", tmp_path / "x", SHA, "x", cache=cache) == "downloaded"
     assert (cache / SHA[:2] / SHA).read_bytes() == PAYLOAD

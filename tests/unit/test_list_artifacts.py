@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.airgap.kubernetes.tools import catalog_overlay, list_artifacts
+from ansible_collections.airgap.kubernetes.tools import catalog_overlay, list_artifacts, options
 from ansible_collections.airgap.kubernetes.plugins.module_utils import config as cfg
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
+from ansible_collections.airgap.kubernetes.plugins.module_utils.digests import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_INVENTORY = Path(__file__).parent / "fixtures" / "resolver" / "inventory" / "hosts.yml"
@@ -19,7 +20,7 @@ LAB_INVENTORY = Path(__file__).parent / "fixtures" / "resolver" / "inventory" / 
 def no_site_inventory(monkeypatch):
     """The defaults, not whatever inventory the developer has in inventory/local."""
     monkeypatch.delenv("AIRGAP_INVENTORY", raising=False)
-    monkeypatch.setattr(list_artifacts, "_default_inventory", lambda: None)
+    monkeypatch.setattr(options, "DEFAULT_INVENTORY", Path("/nonexistent/inventory/local/hosts.yml"))
 
 
 def run(capsys, *argv):
@@ -128,10 +129,11 @@ def test_markdown_is_the_catalogs_reference_table(capsys):
     assert "| `conntrack` | package | k8s_cluster | always |" in out
 
 
-def test_the_environment_names_the_default_inventory(monkeypatch):
-    monkeypatch.undo()
-    monkeypatch.setenv("AIRGAP_INVENTORY", "/some/inventory")
-    assert list_artifacts._default_inventory() == "/some/inventory"
+def test_the_environment_names_the_default_inventory(monkeypatch, capsys):
+    monkeypatch.setenv("AIRGAP_INVENTORY", str(LAB_INVENTORY))
+    assert options.inventory(None, required=False) == LAB_INVENTORY.resolve()
+    code, out, _ = run(capsys, "--kind", "images")
+    assert code == 0 and "registry.k8s.io/kube-apiserver:v1.20.2" in out
 
 
 def test_it_runs_as_the_module_run_sh_invokes(tmp_path):
@@ -158,7 +160,7 @@ def test_the_overlay_writer_records_each_component_binary_of_a_directory(build, 
                                  "--file", f"etcd@3.4.13={build / 'etcd.tar.gz'}", "-o", str(build / "o.yml")]) == 0
     overlay = cfg.read_yaml(build / "o.yml")
     assert sorted(overlay["components"]) == ["etcd", "kubeadm", "kubelet"]
-    assert overlay["components"]["kubelet"]["sha256"]["amd64"]["1.20.2"] == catalog_overlay.sha256_file(build / "bin" / "kubelet")
+    assert overlay["components"]["kubelet"]["sha256"]["amd64"]["1.20.2"] == sha256_file(build / "bin" / "kubelet")
 
 
 def test_the_written_overlay_lets_the_lab_line_resolve(build):

@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import yaml
 
@@ -37,8 +37,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO / ".collections") not in sys.path:
     sys.path.insert(0, str(REPO / ".collections"))
 
-from ansible_collections.airgap.kubernetes.tools import build_bundle  # noqa: E402
-from ansible_collections.airgap.kubernetes.tools import catalog_overlay  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import catalog_overlay, progress  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools.bundle_common import BuildError  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools.bundle_images import local_registry  # noqa: E402
 
 CACHE = Path(os.environ.get("AIRGAP_CACHE", Path.home() / ".cache" / "airgap-kubernetes")) / "upstream"
 DEFAULT_DIR = REPO / ".lab" / "upstream"
@@ -77,6 +78,10 @@ def _log(msg: str) -> None:
     print(f"upstream: {msg}", file=sys.stderr, flush=True)
 
 
+def _echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 # --------------------------------------------------------------------------- a file server with Range support
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
@@ -111,9 +116,15 @@ def make_file_server(root: Path, port: int = 0) -> http.server.ThreadingHTTPServ
 
 # --------------------------------------------------------------------------- content
 
-def _kube_bin() -> Path:
-    """The lab's Kubernetes v1.20.2 build (tools/lab/build-kubernetes.sh; cached, seconds when warm)."""
-    out = _run(["bash", REPO / "tools" / "lab" / "build-kubernetes.sh"]).stdout.strip().splitlines()
+def _kube_bin(log=_log) -> Path:
+    """The lab's Kubernetes v1.20.2 build (tools/lab/build-kubernetes.sh; cached, seconds when warm).
+
+    Its progress (a line every 30 s while make runs) is passed to log as it comes: cold, it takes minutes."""
+    script = REPO / "tools" / "lab" / "build-kubernetes.sh"
+    proc = progress.run_streaming(["bash", script], log)
+    if proc.returncode != 0:
+        raise UpstreamError(f"bash {script} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    out = proc.stdout.strip().splitlines()
     if not out:
         raise UpstreamError("tools/lab/build-kubernetes.sh printed no build directory")
     path = Path(out[-1]) / "bin"
@@ -254,6 +265,7 @@ def build_images(kube: Path, key: str) -> tuple:
             local = f"airgap-upstream/{ref.split('/')[-1].split(':')[0]}:{key}"
             _import(tar, local, changes)
             images[ref] = local
+            _log(f"  image {ref}")
 
         for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
             image(f"registry.k8s.io/{name}:v{KUBE_VERSION}",
@@ -320,7 +332,8 @@ def _key(kube: Path) -> str:
 
 def build(force: bool = False) -> Content:
     """Fill the cache: files in the upstream layout, images pushed into a registry storage; cached by recipe."""
-    kube = _kube_bin()
+    with progress.heartbeat(f"Kubernetes v{KUBE_VERSION} build (cached: seconds; cold: about 12 min)", _log) as say:
+        kube = _kube_bin(say)
     key = _key(kube)
     root = CACHE / key
     state = root / "content.json"
@@ -330,14 +343,20 @@ def build(force: bool = False) -> Content:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     started = time.monotonic()
-    entries, versions = build_files(kube, root / "files")
-    images, image_versions = build_images(kube, key)
+    _log(f"filling {root} (once per recipe and Debian package versions)")
+    with progress.heartbeat("release files from Debian's packages", _log):
+        entries, versions = build_files(kube, root / "files")
+    with progress.heartbeat("images under their upstream names (docker import)", _log):
+        images, image_versions = build_images(kube, key)
     versions.update(image_versions)
-    check_images(images)
-    with build_bundle.local_registry(root / "registry") as registry:
-        for ref, local in images.items():
+    with progress.heartbeat("each image's binary runs", _log):
+        check_images(images)
+    with progress.heartbeat("images into the upstream registry", _log) as say, \
+            local_registry(root / "registry") as registry:
+        for index, (ref, local) in enumerate(images.items(), 1):
             _run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"docker-daemon:{local}",
                   f"docker://{registry}/{ref}"])
+            say(f"  {index}/{len(images)} {ref}")
     files = [(name, version, str(path)) for name, version, path in entries]
     state.write_text(json.dumps({"files": files, "images": images, "versions": versions}, indent=2))
     _log(f"built {root} in {time.monotonic() - started:.0f} s")
@@ -390,7 +409,7 @@ def serve(content: Content, workdir: Path) -> Iterator[Path]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        with build_bundle.local_registry(content.root / "registry") as registry:
+        with local_registry(content.root / "registry") as registry:
             yield write_vars(content, f"http://127.0.0.1:{server.server_address[1]}", registry, workdir)
     finally:
         server.shutdown()
@@ -420,20 +439,31 @@ def _serve_forever(workdir: Path) -> int:
     return 0
 
 
-def up(workdir: Path, timeout: float = 1800) -> Path:
-    """Start the upstream in the background (building it first when the cache is cold); returns the vars file."""
+def up(workdir: Path, timeout: float = 1800, log: Callable[[str], None] = _echo) -> Path:
+    """Start the upstream in the background (building it first when the cache is cold); returns the vars file.
+
+    Until it is ready, each line of its log is passed to log: a cold build takes minutes, and shows its progress."""
     down(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "ready").unlink(missing_ok=True)
-    log = open(workdir / "upstream.log", "w")
-    proc = subprocess.Popen([sys.executable, __file__, "_serve", "--dir", str(workdir)], stdout=log,
+    log_path = workdir / "upstream.log"
+    log_file = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, __file__, "_serve", "--dir", str(workdir)], stdout=log_file,
                             stderr=subprocess.STDOUT, start_new_session=True)
     (workdir / "pid").write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
-    while not (workdir / "ready").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise UpstreamError(f"the upstream did not start: {(workdir / 'upstream.log').read_text()[-2000:]}")
-        time.sleep(0.2)
+    with open(log_path) as follow:
+        pending = ""
+        while True:
+            ready = (workdir / "ready").exists()
+            *lines, pending = (pending + follow.read()).split("\n")
+            for line in lines:
+                log(line)
+            if ready:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise UpstreamError(f"the upstream did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
     return Path((workdir / "ready").read_text())
 
 
@@ -466,7 +496,7 @@ def main(argv: Optional[list] = None) -> int:
             down(args.dir)
         else:
             return _serve_forever(args.dir)
-    except (UpstreamError, build_bundle.BuildError) as exc:
+    except (UpstreamError, BuildError) as exc:
         print(f"upstream: error: {exc}", file=sys.stderr)
         return 2
     return 0
