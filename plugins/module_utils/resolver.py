@@ -231,13 +231,21 @@ def _image_ref(host: str, path: str, tag: str, digest: Optional[str]) -> str:
     return f"{host}/{path}" + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
 
 
+def _check_registry_host(registry_host: str) -> None:
+    if not registry_host:
+        raise CatalogError("registry_host is empty: set it to the bundle registry, e.g. bootstrap:5000")
+
+
+def _check_mirrorable(registry: str, what: str) -> None:
+    if ":" in registry:
+        raise CatalogError(f"{what!r}: an upstream registry with a port has no mirror name; use its plain host")
+
+
 def mirror_image(ref: str, registry_host: str, flatten_project: str = "") -> str:
     """registry.k8s.io/pause:3.10.2 -> <registry_host>/registry.k8s.io/pause:3.10.2 (or flattened into one project)."""
     host, path, tag, digest = parse_image(ref)
-    if not registry_host:
-        raise CatalogError("registry_host is empty: set it to the bundle registry, e.g. bootstrap:5000")
-    if ":" in host:
-        raise CatalogError(f"{ref!r}: an upstream registry with a port has no mirror name; use its plain host")
+    _check_registry_host(registry_host)
+    _check_mirrorable(host, ref)
     if not flatten_project:
         return _image_ref(registry_host.rstrip("/"), f"{host}/{path}", tag, digest)
     if FLAT_SEP in host + path:
@@ -282,9 +290,13 @@ def override_image(ref: str, bases: Mapping[str, str]) -> str:
     base = bases.get(host)
     if not base:
         return ref
+    _check_registry_base(host, base)
+    return _image_ref(base.rstrip("/"), path, tag, digest)
+
+
+def _check_registry_base(host: str, base: str) -> None:
     if "://" in base:
         raise CatalogError(f"upstream_bases[{host!r}] = {base!r}: a registry needs host[:port][/prefix], without a scheme")
-    return _image_ref(base.rstrip("/"), path, tag, digest)
 
 
 def upstream_to_mirror(value: str, mirror: Mirror) -> str:
@@ -311,6 +323,90 @@ def mirror_from_config(config: Mapping) -> Mirror:
             raise CatalogError(f"{key} {value!r} is still a template: set it to a plain value in the inventory")
     return Mirror(values["files_repo"], values["registry_host"], values["registry_flatten_project"],
                   {str(k): str(v) for k, v in bases.items()})
+
+
+# ----------------------------------------------------------------------------- registry mirrors
+
+# Where an upstream registry's API is served when that is not its own name (Docker Hub's is registry-1).
+REGISTRY_SERVERS = {"docker.io": "https://registry-1.docker.io"}
+_REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d+)?$")
+
+
+@dataclass(frozen=True)
+class RegistryMirror:
+    """An upstream registry and the endpoint that serves its images in one mode: what containerd's hosts.toml
+    and kubeadm's imageRepository are made of."""
+
+    upstream: str  # registry.k8s.io
+    server: str  # the upstream's own API endpoint: https://registry.k8s.io (Docker Hub: https://registry-1.docker.io)
+    mirror: str  # scheme://host[:port] that serves it: https://bootstrap:5000; "" when pulled from upstream itself
+    prefix: str  # path under the mirror's /v2/: registry.k8s.io for the bundle registry, a base's /prefix, or ""
+    repository: str  # what stands for <upstream> in an image name: bootstrap:5000/registry.k8s.io
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def registry_mirror(registry: str, mirror: Mirror, mode: str = "offline") -> RegistryMirror:
+    """The endpoint that serves an upstream registry's images: the bundle registry (offline), else its
+    upstream_bases entry or the registry itself (upstream). The same rules as mirror_image and override_image."""
+    upstream = str(registry).strip()
+    if not _REGISTRY.match(upstream):
+        raise CatalogError(f"upstream registry {registry!r} is not a registry host: use host[:port], e.g. ghcr.io")
+    server = REGISTRY_SERVERS.get(upstream, f"https://{upstream}")
+    if mode == "offline":
+        _check_registry_host(mirror.registry_host)
+        _check_mirrorable(upstream, upstream)
+        if mirror.flatten_project:
+            raise CatalogError(f"registry_flatten_project {mirror.flatten_project!r} joins image names with "
+                               f"{FLAT_SEP!r} into one project, which a registry mirror (containerd's hosts.toml, "
+                               f"kubeadm's imageRepository) cannot express: leave it empty")
+        base = f"{mirror.registry_host.rstrip('/')}/{upstream}"
+    elif mode == "upstream":
+        base = mirror.upstream_bases.get(upstream, "").rstrip("/")
+        _check_registry_base(upstream, base)
+        if not base:
+            return RegistryMirror(upstream, server, "", "", upstream)
+    else:
+        raise CatalogError(f"mode {mode!r} is not supported: pick one of {_one_of(MODES)}")
+    host, _, prefix = base.partition("/")
+    return RegistryMirror(upstream, server, f"https://{host}", prefix, base)
+
+
+def catalog_registries(catalog: Mapping) -> list:
+    """Every upstream registry the catalog's images come from, enabled or not, sorted."""
+    found = set()
+    for name, comp in catalog.get("components", {}).items():
+        if comp.get("kind") == "image":
+            for arch in comp.get("arches") or catalog.get("arches") or [NOARCH]:
+                image = _render(comp["image"], _template_values(comp, "0", arch), f"{name}.image")
+                found.add(parse_image(image)[0])
+    return sorted(found)
+
+
+def _mode(config: Mapping, mode: Optional[str]) -> str:
+    return str(mode or config.get("airgap_mode") or "offline")
+
+
+def registry_mirrors(catalog: Mapping, config: Mapping, mode: Optional[str] = None,
+                     extra: Iterable[str] = ()) -> list:
+    """Every upstream registry of the catalog's images and of `extra` (registry hosts, or image references),
+    each with its RegistryMirror in `mode` (default: the config's airgap_mode, else offline), sorted."""
+    mirror = mirror_from_config(config)
+    registries = set(catalog_registries(catalog))
+    for item in extra or ():
+        text = str(item).strip()
+        # A URL is a registry given the wrong way: registry_mirror names it with the fix.
+        registries.add(parse_image(text)[0] if "/" in text and "://" not in text else text)
+    return [registry_mirror(reg, mirror, _mode(config, mode)) for reg in sorted(registries)]
+
+
+def mirror_repository(repository: str, config: Mapping, mode: Optional[str] = None) -> str:
+    """registry.k8s.io[/path] -> where its images are pulled from in `mode`, e.g. bootstrap:5000/registry.k8s.io:
+    kubeadm's imageRepository."""
+    registry, sep, path = str(repository).strip().rstrip("/").partition("/")
+    found = registry_mirror(registry, mirror_from_config(config), _mode(config, mode))
+    return found.repository + (f"/{path}" if sep else "")
 
 
 # ----------------------------------------------------------------------------- overlays
@@ -433,6 +529,31 @@ def _template_values(comp: Mapping, version: str, arch: str) -> dict:
             "arch_suffix": (comp.get("arch_suffix") or {}).get(arch, "")}
 
 
+def _release(version: str) -> tuple:
+    """3.5.0-rc.1 -> (3, 5, 0): the leading numeric components, for `since` comparisons."""
+    numbers = []
+    for part in re.split(r"[.-]", version):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
+
+
+def _unpack_members(members: Iterable, values: Mapping[str, str], name: str) -> list:
+    """Rendered member paths; a {path, since} member counts only from release `since` on (etcdutl: 3.5)."""
+    what = f"{name}.unpack.members"
+    rendered = []
+    for member in members:
+        if isinstance(member, Mapping):
+            if set(member) - {"path", "since"} or not member.get("path") or not member.get("since"):
+                raise CatalogError(f"{what} entry {dict(member)!r}: use a path, or {{path: ..., since: X.Y}}")
+            if _release(values["version"]) < _release(_str_version(f"{what} since", member["since"])):
+                continue
+            member = member["path"]
+        rendered.append(_render(str(member), values, what))
+    return rendered
+
+
 def _check_arch(comp: Mapping, name: str, arch: str) -> None:
     only = comp.get("arches")
     if only and arch not in only:
@@ -458,7 +579,7 @@ def _resolve_file(ctx: _Context, name: str, comp: Mapping, arch: str, enabled: b
     unpack = None
     if comp.get("unpack"):
         unpack = dict(comp["unpack"])
-        unpack["members"] = [_render(m, values, f"{name}.unpack.members") for m in unpack.get("members") or []]
+        unpack["members"] = _unpack_members(unpack.get("members") or [], values, name)
     return ResolvedFile(
         name=name, version=version, arch=arch, url=mirrored if ctx.mode == "offline" else upstream,
         upstream_url=upstream, canonical_url=canonical, mirror_url=mirrored, mirror_path=mirror_path(canonical),

@@ -12,12 +12,14 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
 
 from ansible_collections.airgap.kubernetes.plugins.filter.mirror import FilterModule
+from ansible_collections.airgap.kubernetes.plugins.filter.registry import FilterModule as RegistryFilters
 from ansible_collections.airgap.kubernetes.plugins.lookup import artifact
 from ansible_collections.airgap.kubernetes.plugins.lookup.artifact import LookupModule
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(os.environ.get("AIRGAP_VENV", Path.home() / ".cache" / "airgap-kubernetes" / "venv")) / "bin"
 FILTERS = FilterModule().filters()
+REGISTRY_FILTERS = RegistryFilters().filters()
 
 
 def ansible(tool, *args):
@@ -156,3 +158,43 @@ def test_bootstrap_os_installs_the_catalog_packages_of_the_hosts_own_groups(tmp_
 """)
     proc = ansible("ansible-playbook", "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml"))
     assert '"msg": "chrony python3 python3-apt python3-cryptography"' in proc.stdout, proc.stdout + proc.stderr
+
+
+REGISTRY_CONFIG = {"registry_host": "bundle:5000", "registry_flatten_project": "", "upstream_bases": {},
+                   "airgap_mode": "offline"}
+
+
+def test_ansible_doc_shows_the_registry_filters_options_and_return():
+    for name, options in (("registry_mirrors", {"_input", "config", "extra", "mode"}),
+                          ("mirror_repository", {"_input", "config", "mode"})):
+        proc = ansible("ansible-doc", "-t", "filter", "--json", f"airgap.kubernetes.{name}")
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)[f"airgap.kubernetes.{name}"]
+        assert set(doc["doc"]["options"]) == options and doc["examples"] and doc["return"]["_value"]
+
+
+def test_the_registry_mirrors_filter_gives_plain_dicts_per_upstream_registry():
+    catalog = {"components": {"a": {"kind": "image", "image": "quay.io/a"}}}
+    assert REGISTRY_FILTERS["registry_mirrors"](catalog, REGISTRY_CONFIG, extra=["ghcr.io"]) == [
+        {"upstream": "ghcr.io", "server": "https://ghcr.io", "mirror": "https://bundle:5000", "prefix": "ghcr.io",
+         "repository": "bundle:5000/ghcr.io"},
+        {"upstream": "quay.io", "server": "https://quay.io", "mirror": "https://bundle:5000", "prefix": "quay.io",
+         "repository": "bundle:5000/quay.io"}]
+
+
+def test_the_registry_filters_report_a_catalog_error_as_a_filter_error():
+    flattened = {**REGISTRY_CONFIG, "registry_flatten_project": "airgap"}
+    with pytest.raises(AnsibleFilterError, match="registry_flatten_project 'airgap'"):
+        REGISTRY_FILTERS["registry_mirrors"]({}, flattened, extra=["quay.io"])
+    with pytest.raises(AnsibleFilterError, match="registry_flatten_project 'airgap'"):
+        REGISTRY_FILTERS["mirror_repository"]("registry.k8s.io", flattened)
+
+
+def test_the_registry_filters_run_in_a_real_ansible_task_with_the_collections_defaults():
+    proc = ansible("ansible", "localhost", "-i", "localhost,", "-c", "local", "-m", "ansible.builtin.debug",
+                   "-a", "msg={{ airgap_catalog | airgap.kubernetes.registry_mirrors(registry_mirror_config)"
+                         " | map(attribute='repository') | join(',') }}"
+                         "|{{ 'registry.k8s.io' | airgap.kubernetes.mirror_repository(registry_mirror_config) }}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ('"msg": "bootstrap:5000/docker.io,bootstrap:5000/quay.io,bootstrap:5000/registry.k8s.io'
+            '|bootstrap:5000/registry.k8s.io"') in proc.stdout

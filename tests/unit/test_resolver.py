@@ -543,3 +543,130 @@ def test_config_keys_name_every_knob_the_catalog_reads():
 def test_resolved_artifacts_turn_into_plain_dicts():
     data = r.resolve_one(CATALOG, config(), "etcd", "amd64").to_dict()
     assert data["groups"] == ["etcd"] and data["unpack"]["members"][0] == "etcd-v3.6.14-linux-amd64/etcd"
+
+
+# ----------------------------------------------------------------------------- registry mirrors
+
+def mirrors(catalog=CATALOG, mode=None, extra=(), **overrides):
+    return {m.upstream: m for m in r.registry_mirrors(catalog, config(**overrides), mode, extra)}
+
+
+def test_offline_every_catalog_registry_is_served_by_the_bundle_registry_under_its_own_name():
+    found = mirrors()
+    assert set(found) == {"docker.io", "quay.io", "registry.k8s.io"}
+    for upstream, entry in found.items():
+        assert (entry.mirror, entry.prefix, entry.repository) == ("https://bundle:5000", upstream, f"bundle:5000/{upstream}")
+
+
+def test_registries_of_disabled_images_are_mirrored_too():
+    # flannel and local-path-provisioner, the catalog's Docker Hub images, are off by default.
+    assert "docker.io" in mirrors(kube_network_plugin="calico", local_path_provisioner_enabled=False)
+
+
+@pytest.mark.parametrize("mode", ["offline", "upstream"])
+def test_a_registry_mirror_names_every_image_as_mirror_image_and_override_image_do(mode):
+    bases = {"registry.k8s.io": "nexus.example.com:8082/k8s/", "docker.io": "hub-proxy.example.com"}
+    found = mirrors(WITH_LAB, mode, upstream_bases=bases)
+    for art in _all_artifacts():
+        if art.kind == "image":
+            host, path, tag, _ = r.parse_image(art.canonical)
+            expected = art.mirror if mode == "offline" else r.override_image(art.canonical, bases)
+            assert f"{found[host].repository}/{path}:{tag}" == expected
+
+
+def test_upstream_mode_mirrors_follow_upstream_bases_and_leave_other_registries_to_themselves():
+    found = mirrors(mode="upstream", upstream_bases={"registry.k8s.io": "nexus.example.com:8082/k8s/"})
+    k8s, quay = found["registry.k8s.io"], found["quay.io"]
+    assert (k8s.mirror, k8s.prefix, k8s.repository) == ("https://nexus.example.com:8082", "k8s", "nexus.example.com:8082/k8s")
+    assert (quay.mirror, quay.prefix, quay.repository) == ("", "", "quay.io")
+
+
+def test_a_registry_host_with_a_path_puts_the_path_before_the_upstream_registry():
+    entry = mirrors(registry_host="harbor.example.com/airgap/")["quay.io"]
+    assert (entry.mirror, entry.prefix) == ("https://harbor.example.com", "airgap/quay.io")
+
+
+def test_docker_hub_is_reached_at_its_api_host_and_others_at_their_own_name():
+    found = mirrors()
+    assert (found["docker.io"].server, found["quay.io"].server) == ("https://registry-1.docker.io", "https://quay.io")
+
+
+def test_extra_registries_and_image_references_add_their_registries_once():
+    found = r.registry_mirrors(CATALOG, config(), extra=["ghcr.io", "ghcr.io/app/web:1", " quay.io ", "library/nginx:1"])
+    assert [m.upstream for m in found] == ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io"]
+
+
+def test_registries_of_an_overlays_images_are_mirrored():
+    overlay = {"components": {"app": {"kind": "image", "image": "ghcr.io/site/app-{arch}", "tag": "{version}",
+                                      "version": "1.0", "arches": ["arm64"]}}}
+    assert "ghcr.io" in mirrors(r.apply_overlays(CATALOG, [overlay]))
+
+
+def test_the_mirror_mode_defaults_to_the_configs_airgap_mode():
+    assert mirrors(airgap_mode="upstream")["quay.io"].mirror == ""
+    assert mirrors()["quay.io"].mirror == "https://bundle:5000"
+
+
+def test_a_flattened_bundle_registry_cannot_be_a_mirror_but_upstream_mode_ignores_it():
+    message = error(r.registry_mirrors, CATALOG, config(registry_flatten_project="airgap"))
+    assert message.startswith("registry_flatten_project 'airgap' joins image names") and "leave it empty" in message
+    assert mirrors(mode="upstream", registry_flatten_project="airgap")["quay.io"].repository == "quay.io"
+
+
+@pytest.mark.parametrize("extra, overrides, mode, problem", [
+    (["https://ghcr.io"], {}, None, "upstream registry 'https://ghcr.io' is not a registry host: use host[:port]"),
+    (["Bad_Host"], {}, None, "is not a registry host"),
+    (["localhost:5000"], {}, None, "an upstream registry with a port has no mirror name"),
+    ([], {"registry_host": ""}, None, "registry_host is empty"),
+    ([], {"registry_host": "{{ groups['bundle_server'][0] }}:5000"}, None, "still a template"),
+    ([], {}, "proxy", "mode 'proxy' is not supported: pick one of offline, upstream"),
+    ([], {"upstream_bases": {"quay.io": "https://proxy/quay"}}, "upstream", "without a scheme"),
+])
+def test_a_registry_that_cannot_be_mirrored_is_named_with_the_fix(extra, overrides, mode, problem):
+    assert problem in error(r.registry_mirrors, CATALOG, config(**overrides), mode, extra)
+
+
+@pytest.mark.parametrize("repository, mode, expected", [
+    ("registry.k8s.io", None, "bundle:5000/registry.k8s.io"),
+    ("registry.k8s.io/coredns/", None, "bundle:5000/registry.k8s.io/coredns"),
+    ("registry.k8s.io", "upstream", "registry.k8s.io"),
+])
+def test_mirror_repository_is_where_kubeadm_pulls_an_upstream_registrys_images(repository, mode, expected):
+    assert r.mirror_repository(repository, config(), mode) == expected
+
+
+def test_mirror_repository_follows_an_upstream_base():
+    conf = config(airgap_mode="upstream", upstream_bases={"registry.k8s.io": "nexus.example.com:8082/k8s"})
+    assert r.mirror_repository("registry.k8s.io", conf) == "nexus.example.com:8082/k8s"
+
+
+def test_registry_mirrors_turn_into_plain_dicts():
+    assert r.registry_mirror("quay.io", r.Mirror(registry_host="b:5000")).to_dict() == {
+        "upstream": "quay.io", "server": "https://quay.io", "mirror": "https://b:5000", "prefix": "quay.io",
+        "repository": "b:5000/quay.io"}
+
+
+# ----------------------------------------------------------------------------- unpack members
+
+def etcd_members(etcd_version):
+    return r.resolve_one(WITH_LAB, config(etcd_version=etcd_version), "etcd", "amd64").unpack["members"]
+
+
+def test_a_member_with_since_is_extracted_from_that_release_on():
+    assert [m.rsplit("/", 1)[1] for m in etcd_members("3.5.33")] == ["etcd", "etcdctl", "etcdutl"]
+    assert etcd_members("3.6.14")[2] == "etcd-v3.6.14-linux-amd64/etcdutl"
+
+
+def test_a_member_with_since_is_left_out_of_older_releases():
+    assert etcd_members("3.4.13") == ["etcd-v3.4.13-linux-amd64/etcd", "etcd-v3.4.13-linux-amd64/etcdctl"]
+
+
+@pytest.mark.parametrize("member, problem", [
+    ({"path": "x"}, "entry {'path': 'x'}: use a path, or {path: ..., since: X.Y}"),
+    ({"path": "x", "since": "1.0", "until": "2.0"}, "use a path, or {path: ..., since: X.Y}"),
+    ({"path": "x", "since": 3.5}, "since 3.5 is a number, not a version: quote it"),
+])
+def test_a_malformed_unpack_member_is_named_with_the_fix(member, problem):
+    overlay = {"components": {"etcd": {"unpack": {"members": [member]}}}}
+    message = error(r.resolve_one, r.apply_overlays(CATALOG, [overlay]), config(), "etcd", "amd64")
+    assert message.startswith("etcd.unpack.members") and problem in message
