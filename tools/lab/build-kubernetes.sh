@@ -8,7 +8,20 @@ CACHE_ROOT="${AIRGAP_CACHE:-$HOME/.cache/airgap-kubernetes}/k8s-build"
 WHAT="cmd/kube-apiserver cmd/kubelet cmd/kubeadm cmd/kube-controller-manager cmd/kube-scheduler cmd/kube-proxy cmd/kubectl"
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubeadm kube-proxy kubectl)
 
+HEARTBEAT="${AIRGAP_HEARTBEAT:-30}"
+
 log() { printf '[build-kubernetes] %s\n' "$*" >&2; }
+
+# Every HEARTBEAT seconds while PID runs: the time since the build started and the package go compiled last
+# (the last line of LOG that is not one of make's own +++ lines), so a cold build is never a silent terminal.
+heartbeat() {
+  local pid="$1" log_file="$2" last
+  # sleep holds no pipe of ours: killed with its loop, it must not keep a reader waiting for EOF.
+  while sleep "$HEARTBEAT" </dev/null >/dev/null 2>&1 && kill -0 "$pid" 2>/dev/null; do
+    last=$(grep -v '^+++' "$log_file" | tail -n1 | tr -d '[:space:]' || true)
+    log "make: $(($(date +%s) - start)) s, last package: ${last:-none yet}"
+  done
+}
 
 mkdir -p "$CACHE_ROOT/src"
 cd "$CACHE_ROOT/src"
@@ -39,9 +52,23 @@ sed -i 's#^\(github.com/modern-go/reflect2\) v1\.0\.1#\1 v1.0.2#' "$tree/vendor/
 
 cd "$tree"
 git init -q . && git add -A >/dev/null 2>&1 && git -c user.email=lab@local -c user.name=lab commit -qm src >/dev/null
-log "make WHAT=... (about 12 min cold on 2 cores)"
+log "make WHAT=... (about 12 min cold on 2 cores; a line every ${HEARTBEAT}s)"
+# "-v" reaches go install (build.sh hands arguments that start with a dash to go): it names each package as it
+# is compiled, which the heartbeat reads from make.log. In GOFLAGS it would also land in -tags and fail the build.
 GOFLAGS=-mod=vendor KUBE_GIT_VERSION=v1.20.2 KUBE_GIT_TREE_STATE=clean \
-  make WHAT="$WHAT" >"$work/make.log" 2>&1 || { tail -40 "$work/make.log" >&2; exit 1; }
+  make WHAT="-v $WHAT" >"$work/make.log" 2>&1 &
+make_pid=$!
+heartbeat "$make_pid" "$work/make.log" &
+heartbeat_pid=$!
+make_status=0
+wait "$make_pid" || make_status=$?
+kill "$heartbeat_pid" 2>/dev/null || true
+wait "$heartbeat_pid" 2>/dev/null || true
+if [ "$make_status" -ne 0 ]; then
+  tail -40 "$work/make.log" >&2
+  exit 1
+fi
+log "make done in $(($(date +%s) - start)) s"
 gcc -static -O2 -o "$work/pause" build/pause/linux/pause.c
 
 mkdir -p "$out.tmp/bin"

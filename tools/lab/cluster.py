@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ if __package__ in (None, ""):
     import upstream  # type: ignore  # noqa: E402
 else:
     from . import lab, upstream
+from ansible_collections.airgap.kubernetes.tools import progress  # noqa: E402  (importable once upstream is)
 
 REPO = Path(__file__).resolve().parents[2]
 OS_OF_RELEASE = {"bookworm": "debian12", "trixie": "debian13"}
@@ -79,7 +79,7 @@ def build_bundle(the_lab: "lab.Lab", log: Callable[[str], None] = print) -> Path
     """Builds the lab's bundle into <lab>/bundle with run.sh build-bundle from the local upstream; returns OUT."""
     inventory_dir = the_lab.dir / "inventory"
     workdir = the_lab.dir / "upstream"
-    vars_path = upstream.up(workdir)
+    vars_path = upstream.up(workdir, log=log)
     try:
         # The inventory carries the upstream's versions and catalog overlay, so the deploy resolves what was built.
         # Where the builder fetches from (upstream_bases: loopback) is the builder's alone, given with -e.
@@ -102,7 +102,8 @@ def build_bundle(the_lab: "lab.Lab", log: Callable[[str], None] = print) -> Path
         cmd = [str(REPO / "run.sh"), "build-bundle", "-i", str(inventory_dir), "-e", f"@{builder_vars}", "--arch", "amd64",
                "--os", OS_OF_RELEASE[the_lab.release], "--out", str(out), "--no-wheelhouse", "--progress", "lines"]
         log("$ " + " ".join(cmd))
-        proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True, check=False)
+        # Its progress lines (stderr) as they come; its summary (stdout) only on failure.
+        proc = progress.run_streaming(cmd, log, cwd=REPO)
         if proc.returncode != 0:
             raise lab.LabError(f"build-bundle failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         stamp_file.write_text(stamp)
@@ -112,20 +113,26 @@ def build_bundle(the_lab: "lab.Lab", log: Callable[[str], None] = print) -> Path
 
 
 def prepare(name: str, nodes: int, release: str = lab.DEFAULT_RELEASE, etcd: Optional[int] = None,
-            log: Callable[[str], None] = print) -> Prepared:
-    """The lab NAME (made or reused) with its bundle built and its inventory pointing at it."""
+            log: Callable[[str], None] = print, control_planes: int = 1) -> Prepared:
+    """The lab NAME (made or reused) with its bundle built and its inventory pointing at it.
+
+    Each stage logs when it starts and ends, with its time, and a heartbeat while it is silent: a cold machine
+    spends minutes building the lab's image, its Kubernetes and its local upstream."""
     seconds = {}
     t0 = time.monotonic()
-    the_lab = _existing(name)
-    if the_lab is None:
-        lab.down(name)
-        log(f"lab {name}: {nodes} nodes + bundle host, Debian {release}, internal network")
-        the_lab = lab.up(name, nodes=nodes, release=release, internal=True, etcd=etcd)
-    else:
-        log(f"lab {name} exists: reusing it (tear it down with python3 tools/lab/lab.py down {name})")
+    with progress.heartbeat(f"lab {name}", log) as say:
+        the_lab = _existing(name)
+        if the_lab is None:
+            lab.down(name)
+            say(f"lab {name}: {nodes} nodes + bundle host, Debian {release}, internal network")
+            the_lab = lab.up(name, nodes=nodes, release=release, internal=True, etcd=etcd,
+                             control_planes=control_planes)
+        else:
+            say(f"lab {name} exists: reusing it (tear it down with python3 tools/lab/lab.py down {name})")
     seconds["lab"] = time.monotonic() - t0
     t0 = time.monotonic()
-    out = build_bundle(the_lab, log)
+    with progress.heartbeat("local upstream and bundle", log) as say:
+        out = build_bundle(the_lab, say)
     seconds["build-bundle"] = time.monotonic() - t0
     bundle_vars = {
         "bundle_server_bundle_upload": str(out / "bundle.tar.gz"),
