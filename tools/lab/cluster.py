@@ -113,7 +113,7 @@ def build_bundle(the_lab: "lab.Lab", log: Callable[[str], None] = print) -> Path
 
 
 def prepare(name: str, nodes: int, release: str = lab.DEFAULT_RELEASE, etcd: Optional[int] = None,
-            log: Callable[[str], None] = print, control_planes: int = 1) -> Prepared:
+            log: Callable[[str], None] = print) -> Prepared:
     """The lab NAME (made or reused) with its bundle built and its inventory pointing at it.
 
     Each stage logs when it starts and ends, with its time, and a heartbeat while it is silent: a cold machine
@@ -125,8 +125,7 @@ def prepare(name: str, nodes: int, release: str = lab.DEFAULT_RELEASE, etcd: Opt
         if the_lab is None:
             lab.down(name)
             say(f"lab {name}: {nodes} nodes + bundle host, Debian {release}, internal network")
-            the_lab = lab.up(name, nodes=nodes, release=release, internal=True, etcd=etcd,
-                             control_planes=control_planes)
+            the_lab = lab.up(name, nodes=nodes, release=release, internal=True, etcd=etcd)
         else:
             say(f"lab {name} exists: reusing it (tear it down with python3 tools/lab/lab.py down {name})")
     seconds["lab"] = time.monotonic() - t0
