@@ -27,6 +27,7 @@ COMMANDS = {
 }
 
 DEMO_LAB = "demo"
+DEMO_NODES = 4
 
 
 def _tool(name: str) -> str:
@@ -49,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bundle", help="unpacked bundle directory; its manifest.json is part of the fingerprint")
     parser.add_argument("--from", dest="from_step", metavar="STEP", help="rerun from STEP (exact name) to the end")
     parser.add_argument("--only", dest="only_step", metavar="STEP", help="run only STEP (exact name)")
-    parser.add_argument("--nodes", dest="demo_nodes", type=int, default=4, help="demo: lab node count (default 4)")
+    parser.add_argument("--nodes", dest="demo_nodes", type=int, default=DEMO_NODES,
+                        help=f"demo: lab node count (default {DEMO_NODES}; from 4 on, 3 of them are control planes)")
     parser.add_argument("--release", default="bookworm", choices=["bookworm", "trixie"],
                         help="demo: Debian release of the lab nodes")
     return parser
@@ -95,11 +97,19 @@ def _make_run(args: argparse.Namespace, command: str, inventory: Path) -> steps.
                      extra_vars=tuple(args.extra_vars), bundle_manifest=_bundle_manifest(args.bundle))
 
 
+def _print_kubeconfig(run: steps.Run) -> None:
+    """Layer 03 leaves the admin kubeconfig next to the step file: tell the operator how to use it."""
+    admin = run.state_dir / "admin.conf"
+    if admin.is_file():
+        print(f"\nThe cluster's admin kubeconfig (keep it private):\n  export KUBECONFIG={admin}")
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Starts (or reuses) the demo lab, builds its bundle, then deploys every layer that exists so far."""
     from ansible_collections.airgap.kubernetes.tools.lab import cluster  # the lab: nodes, local upstream, build-bundle
     try:
-        prepared = cluster.prepare(DEMO_LAB, args.demo_nodes, args.release)
+        prepared = cluster.prepare(DEMO_LAB, args.demo_nodes, args.release,
+                                   control_planes=3 if args.demo_nodes >= 4 else 1)
     except (cluster.lab.LabError, cluster.upstream.UpstreamError) as exc:
         print(f"run.sh demo: error: {exc}", file=sys.stderr)
         return 2
@@ -117,6 +127,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  FAILED: {', '.join(failed)} (rerun ./run.sh demo to resume there)")
     if missing:
         print(f"  NOT DEPLOYED, not implemented yet: {', '.join(missing)}")
+    _print_kubeconfig(run)
     print(f"  log in:   python3 tools/lab/lab.py ssh {DEMO_LAB} node1")
     print(f"  tear down: python3 tools/lab/lab.py down {DEMO_LAB}")
     return 0 if code in (0, 3) else code
@@ -148,8 +159,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         run = _make_run(args, args.command, inventory)
         # deploy-cluster deploys the layers this version has, then names the first missing one (exit 3);
         # the other commands refuse to start when a playbook they need is missing.
-        return steps.execute(run, args.from_step, args.only_step, _tool("ansible-playbook"),
+        code = steps.execute(run, args.from_step, args.only_step, _tool("ansible-playbook"),
                              stop_at_missing=args.command == "deploy-cluster")
+        if args.command == "deploy-cluster":
+            _print_kubeconfig(run)
+        return code
     except (steps.StepError, options.OptionError) as exc:
         print(f"run.sh: error: {exc}", file=sys.stderr)
         return 2

@@ -306,14 +306,13 @@ def test_enabling_an_addon_adds_exactly_its_artifacts(knob, artifacts):
     ("nodelocaldns_enabled", {"nodelocaldns"}),
     ("crictl_enabled", {"crictl"}),
     ("nerdctl_enabled", {"nerdctl"}),
-    ("loadbalancer_apiserver_localhost", {"nginx"}),
+    ("loadbalancer_apiserver_localhost", {"apiserver-lb-haproxy"}),
 ])
 def test_disabling_a_default_removes_exactly_its_artifacts(knob, artifacts):
     assert names() - names(**{knob: "false"}) == artifacts
 
 
 @pytest.mark.parametrize("knob, first, second, swapped", [
-    ("loadbalancer_image", "nginx", "haproxy", ({"nginx"}, {"haproxy"})),
     ("etcd_deployment_type", "host", "kubeadm", ({"etcd"}, {"etcd-image"})),
 ])
 def test_a_choice_swaps_one_artifact_for_another(knob, first, second, swapped):

@@ -68,7 +68,7 @@ def _bundle_inputs(inventory_dir: Path, config: dict) -> str:
     digest = hashlib.sha256()
     paths = [inventory_dir / "hosts.yml", *sorted((inventory_dir / "group_vars").rglob("*.yml")),
              *sorted((REPO / "group_vars").rglob("*.yml")), *map(Path, config.get("catalog_overlay_files", [])),
-             REPO / "plugins" / "module_utils" / "build_bundle.py"]
+             *sorted((REPO / "tools").glob("bundle*.py")), REPO / "tools" / "build_bundle.py"]
     for path in paths:
         if path.name != "bundle.yml":  # written after the build, from its result
             digest.update(f"{path}\0".encode() + (path.read_bytes() if path.exists() else b"absent") + b"\0")
@@ -113,7 +113,7 @@ def build_bundle(the_lab: "lab.Lab", log: Callable[[str], None] = print) -> Path
 
 
 def prepare(name: str, nodes: int, release: str = lab.DEFAULT_RELEASE, etcd: Optional[int] = None,
-            log: Callable[[str], None] = print) -> Prepared:
+            log: Callable[[str], None] = print, control_planes: int = 1) -> Prepared:
     """The lab NAME (made or reused) with its bundle built and its inventory pointing at it.
 
     Each stage logs when it starts and ends, with its time, and a heartbeat while it is silent: a cold machine
@@ -125,7 +125,8 @@ def prepare(name: str, nodes: int, release: str = lab.DEFAULT_RELEASE, etcd: Opt
         if the_lab is None:
             lab.down(name)
             say(f"lab {name}: {nodes} nodes + bundle host, Debian {release}, internal network")
-            the_lab = lab.up(name, nodes=nodes, release=release, internal=True, etcd=etcd)
+            the_lab = lab.up(name, nodes=nodes, release=release, internal=True, etcd=etcd,
+                             control_planes=control_planes)
         else:
             say(f"lab {name} exists: reusing it (tear it down with python3 tools/lab/lab.py down {name})")
     seconds["lab"] = time.monotonic() - t0

@@ -516,6 +516,10 @@ kube_proxy_conntrack_max_per_core: 0
 kube_proxy_mode: iptables
 # Nodes share the host's swap setting and cannot change it.
 kubelet_fail_swap_on: false
+# Nodes share the host's disk: the kubelet would evict pods and collect images for the host's usage, not its own.
+kubelet_eviction_hard: {{"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"}}
+kubelet_image_gc_high_threshold_percent: 100
+kubelet_image_gc_low_threshold_percent: 99
 # crictl is not obtainable here (kubeadm's preflight needs it), and CoreDNS's image is not
 # either; the collection deploys DNS itself.
 kubeadm_skip_phases:

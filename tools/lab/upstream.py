@@ -48,13 +48,12 @@ KUBE_VERSION = "1.20.2"
 PAUSE_VERSION = "3.2"
 BUSYBOX_VERSION = "1.35.0"
 # Bump when the recipe below changes: the cache key includes it.
-RECIPE = "4"
+RECIPE = "5"
 # Debian packages that play upstream release files, and the libraries the images need.
 FILE_DEBS = ("etcd-server", "etcd-client", "containerd", "runc", "containernetworking-plugins")
 PROXY_DEBS = ("libc6", "iptables", "libxtables12", "libip4tc2", "libip6tc2", "libnftnl11", "libmnl0",
               "libnfnetlink0", "libnetfilter-conntrack3", "conntrack", "libnetfilter-cthelper0",
               "libnetfilter-cttimeout1", "libnetfilter-queue1")
-NGINX_DEBS = ("libc6", "nginx", "nginx-common", "libpcre2-8-0", "libssl3", "zlib1g", "libcrypt1")
 ETCD_DEBS = ("libc6", "etcd-server")
 PATH_ENV = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PASSWD = ("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
@@ -295,23 +294,13 @@ def build_images(kube: Path, key: str) -> tuple:
                     (root / "bin" / applet).symlink_to("busybox")
         image(f"docker.io/library/busybox:{BUSYBOX_VERSION}", busybox, ['CMD ["/bin/sh"]'])
 
-        nginx_debs = _debs(NGINX_DEBS)
-        nginx_v = _deb_version(nginx_debs["nginx"])
-
-        def nginx(root: Path) -> None:
-            _extract(list(nginx_debs.values()), root)
-            for d in ("var/log/nginx", "var/lib/nginx", "var/cache/nginx"):
-                (root / d).mkdir(parents=True, exist_ok=True)
-        # The catalog's tag is <version>-alpine; the lab's image is Debian's nginx under that tag.
-        image(f"docker.io/library/nginx:{nginx_v}-alpine", nginx, ['CMD ["nginx", "-g", "daemon off;"]'])
-        versions.update(nginx_version=nginx_v)
     return images, versions
 
 
 def check_images(images: dict) -> None:
     """Each image's main binary runs (a missing library shows here, not on a node)."""
     probes = {"kube-proxy": ["/usr/sbin/iptables", "--version"], "busybox": ["/bin/sh", "-c", "true"],
-              "nginx": ["nginx", "-v"], "etcd:": ["/usr/bin/etcd", "--version"]}
+              "etcd:": ["/usr/bin/etcd", "--version"]}
     for ref, local in images.items():
         for needle, cmd in probes.items():
             if needle in ref:
@@ -325,7 +314,7 @@ def _key(kube: Path) -> str:
     for name in sorted(p.name for p in kube.iterdir()):
         st = (kube / name).stat()
         h.update(f"{name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    for pkg in sorted(set(FILE_DEBS + PROXY_DEBS + NGINX_DEBS + ETCD_DEBS)):
+    for pkg in sorted(set(FILE_DEBS + PROXY_DEBS + ETCD_DEBS)):
         h.update(_run(["apt-cache", "policy", pkg]).stdout.encode())
     return h.hexdigest()[:12]
 
