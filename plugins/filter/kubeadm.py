@@ -32,5 +32,5 @@ def _taint_key(settings):
 class FilterModule:
     def filters(self):
         table = {"kubeadm_init_config": kc.init_config_file, "kubeadm_join_config": kc.join_config_file,
-                 "kubeadm_flags": kc.command_flags, "kubeadm_cluster_config": _cluster_config, "kubeadm_control_plane_taint_key": _taint_key}
+                 "kubeadm_flags": kc.command_flags, "kubeadm_cluster_config": _cluster_config, "kubeadm_control_plane_taint_key": _taint_key, "kubeadm_problems": kc.problems}
         return {name: _shell(name, f) for name, f in table.items()}

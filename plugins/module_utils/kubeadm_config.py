@@ -69,6 +69,29 @@ def line_of(kube_version: str) -> tuple[str, Line]:
     return minor, LINES[minor]
 
 
+def _validity_hours(s: Mapping[str, Any]) -> tuple[int, int]:
+    cert = s.get("certificate_validity_hours")
+    ca = s.get("ca_certificate_validity_hours")
+    return (_hours(DEFAULT_CERT_HOURS if cert in (None, "") else cert, "kube_cert_validity_hours"),
+            _hours(DEFAULT_CA_CERT_HOURS if ca in (None, "") else ca, "kube_ca_cert_validity_hours"))
+
+
+def problems(s: Mapping[str, Any]) -> list:
+    """What makes the cluster-wide settings unusable on their line, one message each; empty when they fit.
+
+    Needs only kube_version and the certificate validity settings, so layer 00 can ask before any host changes."""
+    try:
+        _, line = line_of(s["kube_version"])
+        cert, ca = _validity_hours(s)
+    except KubeadmConfigError as exc:
+        return [str(exc)]
+    if not line.certificate_validity_in_config and (cert, ca) != (DEFAULT_CERT_HOURS, DEFAULT_CA_CERT_HOURS):
+        return [f"kube_version {s['kube_version']}: kubeadm {line.kubeadm_api} always signs certificates for "
+                f"{DEFAULT_CERT_HOURS} h and its CA for {DEFAULT_CA_CERT_HOURS} h: leave kube_cert_validity_hours "
+                f"and kube_ca_cert_validity_hours at their defaults on this line, or use a line with kubeadm v1beta4"]
+    return []
+
+
 def _version(kube_version: str) -> str:
     return "v" + str(kube_version).strip().lstrip("v")
 
@@ -269,16 +292,13 @@ def cluster_configuration(s: Mapping[str, Any]) -> dict:
         doc["etcd"] = {"local": {"dataDir": etcd.get("data_dir", "/var/lib/etcd")}}
     if _set(s.get("feature_gates")):
         doc["featureGates"] = {str(k): _bool(v) for k, v in s["feature_gates"].items()}
-    cert_hours = _hours(s.get("certificate_validity_hours") or DEFAULT_CERT_HOURS, "kube_cert_validity_hours")
-    ca_hours = _hours(s.get("ca_certificate_validity_hours") or DEFAULT_CA_CERT_HOURS, "kube_ca_cert_validity_hours")
+    found = problems(s)
+    if found:
+        raise KubeadmConfigError(found[0])
     if line.certificate_validity_in_config:
+        cert_hours, ca_hours = _validity_hours(s)
         doc["certificateValidityPeriod"] = f"{cert_hours}h0m0s"
         doc["caCertificateValidityPeriod"] = f"{ca_hours}h0m0s"
-    elif (cert_hours, ca_hours) != (DEFAULT_CERT_HOURS, DEFAULT_CA_CERT_HOURS):
-        raise KubeadmConfigError(
-            f"kube_version {s['kube_version']}: kubeadm {line.kubeadm_api} always signs certificates for "
-            f"{DEFAULT_CERT_HOURS} h and its CA for {DEFAULT_CA_CERT_HOURS} h: leave kube_cert_validity_hours and "
-            f"kube_ca_cert_validity_hours at their defaults on this line, or use a line with kubeadm v1beta4")
     return doc
 
 

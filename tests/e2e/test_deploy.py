@@ -33,6 +33,9 @@ def lab():
     subprocess.run(LAB + ["down", NAME], cwd=REPO, check=False, capture_output=True)
     subprocess.run(LAB + ["up", NAME, "--nodes", "3", "--internal"], cwd=REPO, check=True, timeout=900)
     inventory = REPO / ".lab" / NAME / "inventory" / "hosts.yml"
+    # This lab gets no bundle, so no catalog overlay with the checksums of the lab's own v1.20.2 build: layer 00,
+    # which resolves kube_version's artifacts from the catalog, runs against the catalog's default line instead.
+    (inventory.parent / "group_vars" / "all" / "zz-e2e-no-bundle.yml").write_text("---\nkube_version: v1.36.4\n")
     try:
         yield inventory
     finally:
@@ -140,16 +143,57 @@ def _duplicate_address(data):
     data["all"]["hosts"]["node3"]["ansible_host"] = data["all"]["hosts"]["node2"]["ansible_host"]
 
 
+def _no_control_plane(data):
+    data["all"]["children"]["kube_control_plane"] = {"hosts": {}}
+
+
+def _control_plane_outside_k8s_cluster(data):
+    data["all"]["children"]["k8s_cluster"]["children"].pop("kube_control_plane")
+
+
 @pytest.mark.parametrize("name, change, expected", [
     ("even", _even_etcd, "etcd has 2 members (node1, node2)"),
     ("stray", _stray_host, "host node9 is in no group ("),
     ("duplicate", _duplicate_address, "hosts node2, node3 share the address {node2}"),
+    ("no-control-plane", _no_control_plane, "group kube_control_plane is empty or missing"),
+    ("cp-outside", _control_plane_outside_k8s_cluster, "in kube_control_plane but not in k8s_cluster"),
 ])
 def test_a_bad_inventory_fails_before_any_host_is_contacted(lab, name, change, expected):
     inventory = derived_inventory(lab, f"inventory-{name}", change)
     proc = run_sh("deploy-cluster", "--only", "00-ssh", inventory=inventory)
     assert proc.returncode != 0
     assert expected.format(node2=hosts_of(lab)["node2"]["ansible_host"]) in proc.stdout
+    assert "Open an SSH session" not in proc.stdout
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["-e", "kube_pods_subnet=10.233.0.0/16"], "kube_pods_subnet 10.233.0.0/16 overlaps kube_service_addresses"),
+    (["-e", "kube_pods_subnet=172.30.0.0/16"], "kube_pods_subnet 172.30.0.0/16 holds node1's address"),
+    (["-e", "kube_cert_validity_hours=0"], "kube_cert_validity_hours must be positive, not 0"),
+])
+def test_bad_cluster_settings_fail_before_any_host_is_contacted(lab, extra, expected):
+    proc = run_sh("deploy-cluster", "--only", "00-ssh", *extra, inventory=lab)
+    assert proc.returncode != 0 and expected in proc.stdout
+    assert "Open an SSH session" not in proc.stdout
+
+
+def test_a_kube_version_the_bundle_lacks_fails_before_any_host_is_contacted(lab, tmp_path):
+    """The catalog knows v1.20.3 (an overlay adds its checksums), the bundle carries only v1.20.2."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    files = {f"files/dl.k8s.io/release/v1.20.2/bin/linux/amd64/{n}": {"sha256": "0" * 64, "size": 1}
+             for n in ("kubeadm", "kubelet", "kubectl")}
+    (bundle / "manifest.json").write_text(json.dumps({"format": "airgap.kubernetes/bundle", "format_version": 1,
+                                                      "files": files, "images": {}, "versions": {"kubeadm": "1.20.2"}}))
+    sha = "a" * 64
+    overlay = tmp_path / "overlay.yml"
+    overlay.write_text(yaml.safe_dump({"catalog_overlay": {"components": {
+        n: {"sha256": {"amd64": {"1.20.3": sha}}} for n in ("kubeadm", "kubelet", "kubectl")}}}))
+    proc = run_sh("deploy-cluster", "--only", "00-ssh", "--bundle", str(bundle), "-e", "kube_version=v1.20.3",
+                  "-e", f"@{overlay}", inventory=lab)
+    assert proc.returncode != 0
+    assert "kubeadm 1.20.3 is not in the bundle (it carries 1.20.2): set kube_version" in proc.stdout
+    assert "image registry.k8s.io/kube-apiserver:v1.20.3 is not in the bundle" in proc.stdout
     assert "Open an SSH session" not in proc.stdout
 
 

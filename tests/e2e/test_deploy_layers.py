@@ -1,36 +1,45 @@
-"""End to end: `run.sh deploy-cluster` deploys layers 00-02 on lab nodes with no route out, from a bundle built by
-`run.sh build-bundle`; a run killed in 01 resumes there; a second full run changes nothing."""
+"""End to end, on one shared lab: `run.sh deploy-cluster` deploys layers 00-04 on 3 control planes (also the etcd
+members) and 2 workers, with no route out, from a bundle built by `run.sh build-bundle`. The lab runs the real
+Kubernetes v1.20.2 (built from Debian's source package). A run killed in 01 resumes there; a rerun skips every
+step; a second full run changes nothing; the cluster works (pods, Services, NodePorts, Secrets encrypted in etcd),
+survives a stopped control plane, and takes a changed API server flag one control plane at a time."""
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import signal
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import yaml
+
+from ansible_collections.airgap.kubernetes.tools.lab import cluster, upstream
 
 REPO = Path(__file__).resolve().parents[2]
-from ansible_collections.airgap.kubernetes.tools.lab import cluster  # noqa: E402
-
-NAME = "e2e-layers"
-LAYERS = ("00-ssh", "01-bootstrap-os", "02-etcd")
+NAME = "e2e-k8s"
+LAYERS = ("00-ssh", "01-bootstrap-os", "02-etcd", "03-control-plane", "04-network")
+CONTROL_PLANES = ("node1", "node2", "node3")
+WORKERS = ("node4", "node5")
 # What deploy-cluster prints when it reaches the first layer this version does not have yet.
-NOT_YET = "== stop at 03-control-plane"
-PYTHONLESS = "node3"
+NOT_YET = "== stop at 05-apps"
+PYTHONLESS = "node5"
+BUSYBOX = "docker.io/library/busybox:1.35.0"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
 
 @pytest.fixture(scope="module")
 def prepared():
-    """3 nodes (3 etcd members) + bundle host on an --internal network, and the bundle built for them."""
+    """5 nodes (node1-3 control planes and etcd, node4-5 workers) + bundle host on an --internal network."""
     cluster.lab.down(NAME)
     try:
-        ready = cluster.prepare(NAME, nodes=3)
-        # node3 starts like a minimal image without python3: layer 01 must bring it from the bundle.
+        ready = cluster.prepare(NAME, nodes=5, control_planes=3)
+        # node5 starts like a minimal image without python3: layer 01 must bring it from the bundle.
         purge = ready.lab.ssh_args(PYTHONLESS) + [
             "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "
             "$(dpkg-query -W -f '${Package}\\n' 'python3*' 'libpython3*') && ! command -v python3"]
@@ -59,11 +68,37 @@ def log_of(prepared, step: str) -> str:
     return (prepared.inventory.parent / ".airgap" / "logs" / f"{step}.log").read_text()
 
 
-def ssh(prepared, host: str, script: str) -> subprocess.CompletedProcess:
-    return subprocess.run(prepared.lab.ssh_args(host) + [script], text=True, capture_output=True, timeout=120)
+def ssh(prepared, host: str, script: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(prepared.lab.ssh_args(host) + [script], text=True, capture_output=True, timeout=timeout)
 
 
-def test_a_deploy_killed_in_01_resumes_there_and_finishes(prepared):
+def kubeconfig(prepared) -> Path:
+    return prepared.inventory.parent / ".airgap" / "admin.conf"
+
+
+def kubectl(prepared, *args: str, check: bool = True, timeout: int = 120) -> subprocess.CompletedProcess:
+    """The lab's kubectl on this controller, through the admin kubeconfig layer 03 fetched."""
+    proc = subprocess.run([str(upstream._kube_bin() / "kubectl"), "--kubeconfig", str(kubeconfig(prepared)), *args],
+                          text=True, capture_output=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
+def wait_for(what: str, probe, timeout: float = 180, every: float = 3):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def deployed(prepared):
+    """The whole deploy, first killed in 01 and then resumed: what every later test uses."""
     proc = subprocess.Popen(deploy_argv(prepared), cwd=REPO, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}, start_new_session=True)
     log = prepared.inventory.parent / ".airgap" / "logs" / "01-bootstrap-os.log"
@@ -77,40 +112,182 @@ def test_a_deploy_killed_in_01_resumes_there_and_finishes(prepared):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = proc.stdout.read()
-    assert "== 00-ssh done" in first and "== 01-bootstrap-os done" not in first
-
     steps = subprocess.run([str(REPO / "run.sh"), "steps", "-i", str(prepared.inventory)], cwd=REPO, text=True,
                            capture_output=True, env={**os.environ, "NO_COLOR": "1"})
-    assert re.search(r"01-bootstrap-os\s+running", steps.stdout), steps.stdout
-
     # What a dpkg run cut off by the kill leaves behind: its journal. apt refuses to work until it is finished.
     assert ssh(prepared, "node1", "touch /var/lib/dpkg/updates/0000").returncode == 0
-
     resumed = deploy(prepared)
-    assert resumed.returncode == 3, resumed.stdout[-4000:] + resumed.stderr[-2000:]
+    return {"first": first, "steps": steps.stdout, "resumed": resumed}
+
+
+def test_a_deploy_killed_in_01_resumes_there_and_finishes_every_layer(prepared, deployed):
+    assert "== 00-ssh done" in deployed["first"] and "== 01-bootstrap-os done" not in deployed["first"]
+    assert re.search(r"01-bootstrap-os\s+running", deployed["steps"]), deployed["steps"]
+    resumed = deployed["resumed"]
+    assert resumed.returncode == 3, resumed.stdout[-6000:] + resumed.stderr[-2000:]
     assert re.search(r"== skip 00-ssh: done .*, inputs unchanged", resumed.stdout)
-    assert "== run 01-bootstrap-os" in resumed.stdout and "== 01-bootstrap-os done" in resumed.stdout
-    assert "== 02-etcd done" in resumed.stdout
+    for step in LAYERS[1:]:
+        assert f"== {step} done" in resumed.stdout, step
     assert NOT_YET in resumed.stdout
+    assert f"export KUBECONFIG={kubeconfig(prepared)}" in resumed.stdout
     assert ssh(prepared, "node1", "ls -A /var/lib/dpkg/updates").stdout.strip() == ""
 
 
-def test_a_node_without_python3_got_it_from_the_bundle(prepared):
-    assert f"python3 is missing on {PYTHONLESS}: layer 01 installs it from the bundle's apt repo" in log_of(prepared, "00-ssh")
+def test_the_admin_kubeconfig_is_private_and_reaches_the_cluster(prepared, deployed):
+    assert kubeconfig(prepared).stat().st_mode & 0o777 == 0o600
+    server = yaml.safe_load(kubeconfig(prepared).read_text())["clusters"][0]["cluster"]["server"]
+    assert server == f"https://{prepared.lab.host('node1').ip}:6443"
+
+
+def test_every_node_is_ready_at_the_labs_version(prepared, deployed):
+    nodes = json.loads(kubectl(prepared, "get", "nodes", "-o", "json").stdout)["items"]
+    seen = {n["metadata"]["name"]: n for n in nodes}
+    assert sorted(seen) == sorted(CONTROL_PLANES + WORKERS)
+    for name, node in seen.items():
+        ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+        assert ready == "True", name
+        assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.20.2"
+    for name in CONTROL_PLANES:
+        assert {"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"} in seen[name]["spec"]["taints"]
+
+
+def test_a_node_without_python3_got_it_from_the_bundle(prepared, deployed):
+    assert f"python3 is missing on {PYTHONLESS}: layer 01 installs it from the bundle's apt repo" in \
+        log_of(prepared, "00-ssh")
     out = ssh(prepared, PYTHONLESS, "command -v python3 && apt-cache policy python3")
     assert out.returncode == 0, out.stderr
-    # Installed from the bundle's repo (the only source left): the policy names the bundle server.
     assert "/apt" in out.stdout and "deb.debian.org" not in out.stdout, out.stdout
 
 
-def test_a_rerun_with_nothing_changed_skips_every_layer(prepared):
+def test_every_kubeconfig_on_a_node_goes_through_its_local_load_balancer(prepared, deployed):
+    out = ssh(prepared, "node4", "grep -h 'server:' /etc/kubernetes/kubelet.conf; "
+                                 "systemctl is-active haproxy; ss -ltnH 'sport = :6444'")
+    assert out.returncode == 0, out.stderr
+    assert "server: https://localhost:6444" in out.stdout and "active" in out.stdout
+    assert "127.0.0.1:6444" in out.stdout
+    proxy = kubectl(prepared, "-n", "kube-system", "get", "configmap", "kube-proxy", "-o", "json").stdout
+    assert "https://localhost:6444" in json.loads(proxy)["data"]["kubeconfig.conf"]
+
+
+def test_etcd_is_layer_02s_tls_cluster_with_every_member(prepared, deployed):
+    out = ssh(prepared, "node1", "set -a; . /etc/etcd/etcdctl.env; set +a; etcdctl endpoint health --cluster")
+    assert out.returncode == 0, out.stderr
+    health = out.stdout + out.stderr  # etcdctl prints endpoint health on stderr
+    assert health.count("is healthy") == len(CONTROL_PLANES) and "https://" in health, health
+    manifest = ssh(prepared, "node2", "cat /etc/kubernetes/manifests/kube-apiserver.yaml").stdout
+    assert "--etcd-servers=https://" in manifest and "/etc/kubernetes/manifests/etcd.yaml" not in \
+        ssh(prepared, "node2", "ls /etc/kubernetes/manifests").stdout
+
+
+WORKLOAD = f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: default}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      topologySpreadConstraints:
+        - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway,
+            labelSelector: {{matchLabels: {{app: web}}}}}}
+      containers:
+        - name: web
+          image: {BUSYBOX}
+          command: [sh, -c, 'echo "$HOSTNAME" > /tmp/index.html && exec httpd -f -vv -p 8080 -h /tmp']
+          ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def workload(prepared, deployed):
+    manifest = prepared.lab.dir / "web.yaml"
+    manifest.write_text(WORKLOAD)
+    kubectl(prepared, "apply", "-f", str(manifest))
+    kubectl(prepared, "rollout", "status", "deployment/web", "--timeout=180s", timeout=200)
+    pods = json.loads(kubectl(prepared, "get", "pods", "-l", "app=web", "-o", "json").stdout)["items"]
+    return [{"name": p["metadata"]["name"], "node": p["spec"]["nodeName"], "ip": p["status"]["podIP"]}
+            for p in pods]
+
+
+def test_a_three_replica_deployment_runs_on_the_workers(prepared, workload):
+    assert len(workload) == 3
+    assert {p["node"] for p in workload} == set(WORKERS)
+
+
+def test_its_image_came_from_the_bundle_registry_with_always_pull_images_on(prepared, workload):
+    manifest = ssh(prepared, "node1", "cat /etc/kubernetes/manifests/kube-apiserver.yaml").stdout
+    assert re.search(r"--enable-admission-plugins=\S*AlwaysPullImages", manifest)
+    pod = json.loads(kubectl(prepared, "get", "pod", workload[0]["name"], "-o", "json").stdout)
+    assert pod["spec"]["containers"][0]["imagePullPolicy"] == "Always"
+    log = ssh(prepared, "bundle", "cat /var/log/nginx/access.log /var/log/nginx/*.log 2>/dev/null; "
+                                  "journalctl -u docker-registry --no-pager -o cat 2>/dev/null").stdout
+    assert re.search(r"library/busybox/manifests/1\.35\.0", log), "no busybox pull in the bundle registry's logs"
+
+
+def http_get(prepared, pod: str, host: str, port: int) -> str:
+    """The body of GET / from inside a pod, with busybox nc (the static busybox's wget crashes in a bare rootfs)."""
+    script = f'(printf "GET / HTTP/1.0\\r\\n\\r\\n"; sleep 1) | nc -w 5 {host} {port} | tail -n 1'
+    return kubectl(prepared, "exec", pod, "--", "sh", "-c", script).stdout.strip()
+
+
+def test_a_pod_reaches_a_pod_on_the_other_worker_by_ip(prepared, workload):
+    by_node = {p["node"]: p for p in workload}
+    src, dst = by_node[WORKERS[0]], by_node[WORKERS[1]]
+    assert http_get(prepared, src["name"], dst["ip"], 8080) == dst["name"]
+    # Pod IPs are preserved between nodes: the server logged the client pod's own address, not its node's.
+    assert re.search(rf"\b{re.escape(src['ip'])}\]?:\d+: url:/", kubectl(prepared, "logs", dst["name"]).stdout)
+
+
+def test_a_clusterip_service_answers_through_kube_proxy(prepared, workload):
+    service = json.loads(kubectl(prepared, "get", "service", "web", "-o", "json").stdout)
+    ip = service["spec"]["clusterIP"]
+    assert http_get(prepared, workload[0]["name"], ip, 80) in {p["name"] for p in workload}
+    assert ssh(prepared, "node4", "iptables-save -t nat | grep -c KUBE-SERVICES").stdout.strip() != "0"
+
+
+def test_a_nodeport_answers_from_another_node(prepared, workload):
+    service = json.loads(kubectl(prepared, "get", "service", "web", "-o", "json").stdout)
+    port = service["spec"]["ports"][0]["nodePort"]
+    worker_ip = prepared.lab.host("node4").ip
+    out = ssh(prepared, "node2", f"curl -sf --max-time 5 http://{worker_ip}:{port}/")
+    assert out.returncode == 0 and out.stdout.strip() in {p["name"] for p in workload}, out.stderr
+
+
+def test_a_secret_is_encrypted_in_etcd(prepared, deployed):
+    marker = "airgap-plaintext-marker-7f3a"
+    kubectl(prepared, "create", "secret", "generic", "e2e-secret", f"--from-literal=v={marker}")
+    out = ssh(prepared, "node1", "set -a; . /etc/etcd/etcdctl.env; set +a; "
+                                 "etcdctl get /registry/secrets/default/e2e-secret --print-value-only | base64 -w0")
+    assert out.returncode == 0, out.stderr
+    raw = base64.b64decode(out.stdout)
+    assert raw.startswith(b"k8s:enc:secretbox:v1:") and marker.encode() not in raw
+    assert kubectl(prepared, "get", "secret", "e2e-secret", "-o", "jsonpath={.data.v}").stdout == \
+        base64.b64encode(marker.encode()).decode()
+    keys = ssh(prepared, "node2", "stat -c %a /etc/kubernetes/encryption/keys.json; "
+                                  "md5sum /etc/kubernetes/encryption/keys.json | cut -c1-32").stdout.split()
+    assert keys[0] == "600"
+    assert ssh(prepared, "node3", "md5sum /etc/kubernetes/encryption/keys.json | cut -c1-32").stdout.split()[0] == keys[1]
+
+
+def test_a_rerun_with_nothing_changed_skips_every_step(prepared, deployed):
     proc = deploy(prepared)
     assert proc.returncode == 3
     for step in LAYERS:
         assert re.search(f"== skip {step}: done .*, inputs unchanged", proc.stdout), proc.stdout
 
 
-def test_a_second_full_run_reports_changed_0(prepared):
+def test_a_second_full_run_reports_changed_0_on_every_host(prepared, deployed):
     proc = deploy(prepared, "--from", "00-ssh")
     assert proc.returncode == 3, proc.stdout[-4000:]
     for step in LAYERS:
@@ -120,28 +297,63 @@ def test_a_second_full_run_reports_changed_0(prepared):
         assert changed == {}, f"{step}: second run changed or failed on {changed}"
 
 
-def test_etcd_is_a_healthy_tls_cluster_of_every_member(prepared):
-    out = ssh(prepared, "node1", "set -a; . /etc/etcd/etcdctl.env; set +a; etcdctl endpoint health --cluster")
-    assert out.returncode == 0, out.stderr
-    members = [h for h in prepared.lab.nodes]
-    # etcdctl prints endpoint health on stderr.
-    health = out.stdout + out.stderr
-    assert health.count("is healthy") == len(members), health
-    assert "https://" in health
+def worker_kubectl(prepared, script: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    """kubectl on node4 with the admin credentials, through node4's own load balancer (localhost:6444)."""
+    return ssh(prepared, "node4", f"kubectl --kubeconfig /root/admin-lb.conf {script}", timeout=timeout)
 
 
-def test_nodes_pull_upstream_image_names_from_the_bundle_registry(prepared):
-    out = ssh(prepared, "node2", "ctr -n k8s.io images pull --hosts-dir /etc/containerd/certs.d "
-                                 "registry.k8s.io/kube-proxy:v1.20.2 >/dev/null && "
-                                 "ctr -n k8s.io images ls -q name==registry.k8s.io/kube-proxy:v1.20.2")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "registry.k8s.io/kube-proxy:v1.20.2"
+def test_the_api_stays_up_through_a_workers_balancer_while_a_control_plane_is_down(prepared, deployed):
+    admin = yaml.safe_load(kubeconfig(prepared).read_text())
+    admin["clusters"][0]["cluster"]["server"] = "https://localhost:6444"
+    copy = ssh(prepared, "node4", "umask 077; cat > /root/admin-lb.conf <<'EOF'\n" + yaml.safe_dump(admin) + "EOF")
+    assert copy.returncode == 0, copy.stderr
+    container = prepared.lab.host("node1").container
+    subprocess.run(["docker", "stop", "-t", "5", container], check=True, capture_output=True)
+    try:
+        nodes = wait_for("nodes listed through node4's balancer",
+                         lambda: worker_kubectl(prepared, "get nodes -o name").stdout, timeout=60)
+        assert "node/node5" in nodes
+        worker_kubectl(prepared, f"run e2e-while-down --image={BUSYBOX} --restart=Never -- sleep 3600")
+        wait_for("the new pod is scheduled with node1 down", lambda: worker_kubectl(
+            prepared, "get pod e2e-while-down -o jsonpath={.spec.nodeName}").stdout.strip() in WORKERS, timeout=120)
+    finally:
+        subprocess.run(["docker", "start", container], check=True, capture_output=True)
+    wait_for("node1 Ready again", lambda: '"True"' in kubectl(
+        prepared, "get", "node", "node1", "-o", "jsonpath=\"{.status.conditions[?(@.type=='Ready')].status}\"",
+        check=False).stdout, timeout=240)
+    wait_for("node1's API server healthy again", lambda: kubectl(
+        prepared, "get", "--raw", "/livez", check=False).stdout.strip() == "ok", timeout=120)
+    health = ssh(prepared, "node2", "set -a; . /etc/etcd/etcdctl.env; set +a; etcdctl endpoint health --cluster")
+    assert (health.stdout + health.stderr).count("is healthy") == 3
 
 
-def test_nodes_use_only_the_bundle_for_packages_and_time(prepared):
-    out = ssh(prepared, "node3", "grep -rh '^[^#]' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null; "
-                                 "chronyc -n sources")
-    assert out.returncode == 0, out.stderr
-    bundle_ip = prepared.lab.host("bundle").ip
-    assert "deb.debian.org" not in out.stdout
-    assert f"^* {bundle_ip}" in out.stdout or f"^+ {bundle_ip}" in out.stdout, out.stdout
+def test_a_changed_apiserver_flag_is_rolled_one_control_plane_at_a_time_and_the_api_stays_up(prepared, deployed):
+    extra = prepared.inventory.parent / "group_vars" / "all" / "e2e-roll.yml"
+    extra.write_text("---\nkube_apiserver_extra_args:\n  default-not-ready-toleration-seconds: 120\n")
+    failures, probes, stop = [], [0], threading.Event()
+
+    def probe():
+        while not stop.is_set():
+            out = worker_kubectl(prepared, "get --raw /livez --request-timeout=5s", timeout=20)
+            probes[0] += 1
+            if out.stdout.strip() != "ok":
+                failures.append(out.stderr.strip()[-200:])
+            time.sleep(1)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    try:
+        proc = deploy(prepared)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        extra.unlink()
+    assert proc.returncode == 3, proc.stdout[-4000:]
+    log = log_of(prepared, "03-control-plane")
+    rolled = re.findall(r"Rewrite the control-plane manifests\][^\n]*\n(?:[^\n]*\n){0,2}?changed: \[(node\d+)\]", log)
+    assert rolled == list(CONTROL_PLANES), rolled
+    for host in CONTROL_PLANES:
+        manifest = ssh(prepared, host, "cat /etc/kubernetes/manifests/kube-apiserver.yaml").stdout
+        assert "--default-not-ready-toleration-seconds=120" in manifest, host
+    print(f"API probes through node4's balancer during the roll: {probes[0]}, failed: {len(failures)}")
+    assert failures == [], failures

@@ -295,3 +295,19 @@ def test_subclassed_values_from_ansible_render_as_plain_yaml():
 
     text = kc.init_config_file(settings(node_name=Tagged("node1"), advertise_address=Tagged("172.30.1.11")))
     assert "name: node1" in text and "advertiseAddress: 172.30.1.11" in text
+
+
+def test_problems_are_empty_for_settings_that_fit_their_line():
+    assert kc.problems({"kube_version": "v1.36.4", "certificate_validity_hours": 720}) == []
+    assert kc.problems({"kube_version": "v1.20.2"}) == []
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({"kube_version": "v1.30.0"}, "pick one of v1.20, v1.34, v1.35, v1.36"),
+    ({"kube_version": "v1.20.2", "certificate_validity_hours": 720}, "always signs certificates for 8760 h"),
+    ({"kube_version": "v1.36.4", "ca_certificate_validity_hours": "ten"}, "kube_ca_cert_validity_hours must be a whole"),
+    ({"kube_version": "v1.36.4", "certificate_validity_hours": 0}, "kube_cert_validity_hours must be positive"),
+])
+def test_problems_name_the_setting_and_the_fix(given, expected):
+    found = kc.problems(given)
+    assert len(found) == 1 and expected in found[0]

@@ -673,6 +673,7 @@ def up(name: str, nodes: int, release: str = DEFAULT_RELEASE, internal: bool = F
         # dropped (DOCKER-ISOLATION-STAGE-1). test_lab.py checks both.
         net_args.append("--internal")
     docker(*net_args, lab.network)
+    _allow_bridged_pod_traffic(lab.network, add=True)
 
     t0 = time.monotonic()
     known_hosts_lock = threading.Lock()
@@ -708,6 +709,23 @@ def up(name: str, nodes: int, release: str = DEFAULT_RELEASE, internal: bool = F
 
 
 # --------------------------------------------------------------------------- down
+
+def _allow_bridged_pod_traffic(network: str, add: bool) -> None:
+    """Lets frames between two nodes of the lab's bridge pass the host's firewall whatever their IP addresses.
+
+    The host bridges with br_netfilter on, so docker's internal-network rule (`! -d <subnet> -i br-X -j DROP`) also
+    drops node-to-node packets addressed to a pod network (a real L2 segment would deliver them). The rule accepts
+    only what enters and leaves the same bridge, so nothing gets a route out."""
+    net_id = docker("network", "inspect", "--format", "{{.Id}}", network, check=False).stdout.strip()
+    if not net_id:
+        return
+    rule = ["DOCKER-USER", "-i", f"br-{net_id[:12]}", "-o", f"br-{net_id[:12]}", "-j", "ACCEPT"]
+    present = _run(["iptables", "-C", *rule], check=False).returncode == 0
+    if add and not present:
+        _run(["iptables", "-I", *rule])
+    elif not add and present:
+        _run(["iptables", "-D", *rule])
+
 
 def isolation_problems(lab: Lab) -> list[str]:
     """Why lab's network could forward beyond its subnet; empty when it is --internal and docker drops that.
@@ -752,6 +770,8 @@ def down(name: str) -> DownReport:
     if volumes:
         docker("volume", "rm", "-f", *volumes)
     networks = _labelled("network", name)
+    for network in networks:
+        _allow_bridged_pod_traffic(network, add=False)
     if networks:
         docker("network", "rm", *networks)
     left = []
