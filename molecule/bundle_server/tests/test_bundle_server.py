@@ -86,3 +86,12 @@ def test_chrony_serves_time_to_the_nodes_subnet(host):
     assert host.file("/etc/chrony/chrony.conf").contains("^allow 10.213.53.0/24$")
     assert host.socket("udp://0.0.0.0:123").is_listening
     host.run_expect([0], "chronyc -n tracking")
+
+
+def test_the_catalogs_bundle_server_packages_are_installed(host):
+    for name in ("nginx", "docker-registry", "chrony", "python3-apt", "python3-cryptography"):
+        assert host.package(name).is_installed, name
+
+
+def test_chrony_serves_its_own_clock_when_no_server_is_reachable(host):
+    assert host.file("/etc/chrony/chrony.conf").contains("^local stratum 10$")
