@@ -229,6 +229,10 @@ def cluster_dns(s: Mapping[str, Any]) -> str:
 def apiserver_flags(s: Mapping[str, Any]) -> tuple[dict, list]:
     """The API server's flags and host volumes: admission, profiling, encryption at rest, audit, then extra args."""
     args: dict[str, Any] = {"profiling": _bool(s.get("profiling"))}
+    if _set(s.get("shutdown_delay_seconds")):
+        # A stopping API server keeps serving but fails /readyz for this long, so every node's balancer takes it out
+        # of rotation before it closes connections: a rolled change or a node reboot drops no request.
+        args["shutdown-delay-duration"] = f"{int(s['shutdown_delay_seconds'])}s"
     volumes: list = []
     if s.get("admission_plugins"):
         args["enable-admission-plugins"] = list(s["admission_plugins"])

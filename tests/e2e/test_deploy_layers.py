@@ -297,6 +297,17 @@ def test_a_second_full_run_reports_changed_0_on_every_host(prepared, deployed):
         assert changed == {}, f"{step}: second run changed or failed on {changed}"
 
 
+def test_a_layer_runs_by_its_collection_name_with_plain_ansible_playbook(prepared, deployed):
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "NO_COLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
+           "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(prepared.inventory.parent / ".airgap" / "facts")}
+    proc = subprocess.run(["ansible-playbook", "-i", str(prepared.inventory), "airgap.kubernetes.network"], cwd=REPO,
+                          text=True, capture_output=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    hosts = cluster.play_recap(proc.stdout)
+    assert set(hosts) == set(CONTROL_PLANES + WORKERS)
+    assert all(c["changed"] == 0 and c["failed"] == 0 for c in hosts.values()), hosts
+
+
 def worker_kubectl(prepared, script: str, timeout: int = 60) -> subprocess.CompletedProcess:
     """kubectl on node4 with the admin credentials, through node4's own load balancer (localhost:6444)."""
     return ssh(prepared, "node4", f"kubectl --kubeconfig /root/admin-lb.conf {script}", timeout=timeout)

@@ -311,3 +311,9 @@ def test_problems_are_empty_for_settings_that_fit_their_line():
 def test_problems_name_the_setting_and_the_fix(given, expected):
     found = kc.problems(given)
     assert len(found) == 1 and expected in found[0]
+
+
+def test_a_stopping_apiserver_fails_readiness_first_when_a_shutdown_delay_is_set():
+    assert kc.cluster_configuration(settings(shutdown_delay_seconds=10))["apiServer"]["extraArgs"][
+        "shutdown-delay-duration"] == "10s"
+    assert "shutdown-delay-duration" not in kc.cluster_configuration(settings())["apiServer"]["extraArgs"]
