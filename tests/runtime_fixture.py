@@ -5,7 +5,10 @@ Builds on tests/bundle_fixture.py (apt repo, files, registry with a tiny image u
   (containerd-<v>-linux-amd64.tar.gz with bin/, runc.amd64, cni-plugins-linux-amd64-v<v>.tgz) at their mirror paths;
 - an apt repo with every OS package of the catalog (and what Ansible's modules need) for each Debian suite the
   nodes run (bookworm and trixie), signed with a new key;
-- a catalog overlay declaring the repacked versions and their sha256, as a site brings its own builds.
+- kubeadm, kubelet and kubectl of the lab's Kubernetes v1.20.2 build (tools/lab/build-kubernetes.sh, through
+  tools/lab/upstream.py) at their mirror paths, when that build is available;
+- a catalog overlay declaring the repacked versions (and v1.20.2's binaries) with their sha256, as a site brings its
+  own builds.
 
 CLI: python3 tests/runtime_fixture.py [--reuse] OUT_DIR
   -> OUT_DIR/bundle.tar.gz(.sha256), OUT_DIR/runtime-overlay.yml, OUT_DIR/fixture.json (also on stdout)
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import hashlib
 import json
 import shutil
@@ -34,6 +38,7 @@ from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as
 from ansible_collections.airgap.kubernetes.tools import catalog_overlay  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import config as cfg  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver  # noqa: E402
+from ansible_collections.airgap.kubernetes.plugins.module_utils.digests import sha256_file  # noqa: E402
 
 SUITES = ("bookworm", "trixie")
 # Packages Ansible's own modules need on the nodes (apt, community.crypto), beside the catalog's.
@@ -41,6 +46,8 @@ TOOL_PACKAGES = ("python3-apt", "python3-cryptography")
 # Debian package -> the catalog component whose upstream release file it plays.
 RUNTIME_DEBS = {"containerd": "containerd", "runc": "runc", "containernetworking-plugins": "cni-plugins"}
 CONTAINERD_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr")
+# The lab build's binaries the nodes download (roles/kubernetes_node), each a catalog component of that name.
+KUBE_BINARIES = ("kubeadm", "kubelet", "kubectl")
 
 
 def catalog_packages() -> list[str]:
@@ -63,6 +70,13 @@ def add_apt_suites(bundle: Path, packages: tuple[str, ...]) -> None:
     bundle_apt.write_apt_repo(bundle, {suite: [fixture.ARCH] for suite in SUITES})
 
 
+def mirror_dest(bundle: Path, catalog: dict, component: str, version: str) -> Path:
+    """Where the bundle's file server holds a file component's release file: its catalog url's mirror path."""
+    url = resolver._render(catalog["components"][component]["url"],
+                           {"version": version, "arch": fixture.ARCH, "arch_suffix": ""}, component)
+    return bundle / "files" / resolver.mirror_path(url)
+
+
 def add_runtime_files(bundle: Path, catalog: dict) -> dict[str, tuple[str, Path]]:
     """containerd, runc and CNI plugins at their mirror paths, repacked the way the lab's upstream does
     (tools/lab/upstream.py); returns component -> (version, path)."""
@@ -70,9 +84,7 @@ def add_runtime_files(bundle: Path, catalog: dict) -> dict[str, tuple[str, Path]
     versions = {component: upstream._deb_version(debs[deb]) for deb, component in RUNTIME_DEBS.items()}
 
     def dest(component: str) -> Path:
-        url = resolver._render(catalog["components"][component]["url"],
-                               {"version": versions[component], "arch": fixture.ARCH, "arch_suffix": ""}, component)
-        return bundle / "files" / resolver.mirror_path(url)
+        return mirror_dest(bundle, catalog, component, versions[component])
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -85,21 +97,50 @@ def add_runtime_files(bundle: Path, catalog: dict) -> dict[str, tuple[str, Path]
     return {component: (versions[component], dest(component)) for component in versions}
 
 
+@functools.lru_cache(maxsize=None)
+def kube_build() -> tuple[tuple[str, Path, str], ...]:
+    """(name, path, sha256) of the lab build's kubeadm, kubelet and kubectl, or () when the build cannot be had.
+
+    Built or reused by tools/lab/build-kubernetes.sh (cached: seconds; CI's lab tests phase builds it first). Without
+    it the fixture still serves layer 01's scenarios, only kube_version v1.20.2 does not resolve."""
+    try:
+        kube = upstream._kube_bin()
+    except upstream.UpstreamError as exc:
+        print(f"runtime_fixture: no Kubernetes v{upstream.KUBE_VERSION} build, the bundle carries no kubeadm, kubelet "
+              f"or kubectl ({exc}); build it with bash tools/lab/build-kubernetes.sh", file=sys.stderr)
+        return ()
+    return tuple((name, kube / name, sha256_file(kube / name)) for name in KUBE_BINARIES)
+
+
+def add_kube_files(bundle: Path, catalog: dict) -> dict[str, tuple[str, Path]]:
+    """The lab build's kubeadm, kubelet and kubectl at their mirror paths (mode 0644: get_url sets the node's mode);
+    returns component -> (version, path), empty without the build."""
+    placed = {}
+    for name, path, _ in kube_build():
+        dest = upstream._copy(path, mirror_dest(bundle, catalog, name, upstream.KUBE_VERSION))
+        dest.chmod(0o644)
+        placed[name] = (upstream.KUBE_VERSION, dest)
+    return placed
+
+
 def build(out: Path) -> dict:
     """The bundle fixture extended for layer 01, as bundle.tar.gz, and the catalog overlay for its versions."""
     out = Path(out)
     base = fixture.build_bundle(out, tarball=False)
     catalog = cfg.load_defaults(fixture.REPO)["airgap_catalog"]
     runtime = add_runtime_files(base.dir, catalog)
+    kube = add_kube_files(base.dir, catalog)
     packages = tuple(sorted(set(catalog_packages()) | set(fixture.APT_PACKAGES) | set(TOOL_PACKAGES)))
     add_apt_suites(base.dir, packages)
     overlay = catalog_overlay.make_overlay((name, version, fixture.ARCH, path)
-                                           for name, (version, path) in runtime.items())
+                                           for name, (version, path) in {**runtime, **kube}.items())
     overlay_file = out / "runtime-overlay.yml"
-    overlay_file.write_text("---\n# Catalog overlay for the repacked Debian runtime (tests/runtime_fixture.py).\n"
+    overlay_file.write_text("---\n# Catalog overlay for the repacked Debian runtime and the lab's Kubernetes build "
+                            "(tests/runtime_fixture.py).\n"
                             + yaml.safe_dump(overlay, default_flow_style=False, sort_keys=True))
     versions = dict(base.manifest.get("versions") or {})
     versions.update({f"{name.replace('-plugins', '')}": version for name, (version, _) in runtime.items()})
+    versions.update({name: version for name, (version, _) in kube.items()})
     images = {ref: entry["digest"] for ref, entry in base.manifest["images"].items()}
     bundlefmt.write_manifest(base.dir, images=images, arches=[fixture.ARCH], apt_suites=list(SUITES),
                              versions=versions, config={"source": "tests/runtime_fixture.py"})
@@ -108,18 +149,22 @@ def build(out: Path) -> dict:
         "bundle_dir": str(base.dir),
         "tarball": str(tarball),
         "overlay": str(overlay_file),
-        "versions": {f"{name.replace('-plugins', '')}_version": version for name, (version, _) in runtime.items()},
+        "versions": {**{f"{name.replace('-plugins', '')}_version": version for name, (version, _) in runtime.items()},
+                     **({"kube_version": f"v{upstream.KUBE_VERSION}"} if kube else {})},
         "images": sorted(base.manifest["images"]),
         "apt_suites": list(SUITES),
     }
 
 
 def recipe_hash() -> str:
-    """Hash of the code that builds the fixture: a reused fixture is one this very code built."""
+    """Hash of the code that builds the fixture and of the Kubernetes build it carries (version and sha256 of each
+    binary, so a rebuilt or newly available build is noticed): a reused fixture is one this very code built."""
     digest = hashlib.sha256()
     for path in (Path(__file__), Path(fixture.__file__), Path(upstream.__file__),
                  Path(bundle_apt.__file__), Path(bundle_downloads.__file__)):
         digest.update(path.read_bytes())
+    for name, _, sha256 in kube_build():
+        digest.update(f"{name} {upstream.KUBE_VERSION} {sha256}\n".encode())
     return digest.hexdigest()[:16]
 
 
