@@ -128,6 +128,8 @@ def _demo(args: argparse.Namespace) -> int:
     if missing:
         print(f"  NOT DEPLOYED, not implemented yet: {', '.join(missing)}")
     _print_kubeconfig(run)
+    if (run.state_dir / "admin.conf").is_file():
+        print(f"  kubectl (the lab's v1.20.2 build): {cluster.upstream._kube_bin(log=lambda _: None) / 'kubectl'} get nodes")
     print(f"  log in:   python3 tools/lab/lab.py ssh {DEMO_LAB} node1")
     print(f"  tear down: python3 tools/lab/lab.py down {DEMO_LAB}")
     return 0 if code in (0, 3) else code

@@ -13,6 +13,8 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
+from ansible_collections.airgap.kubernetes.plugins.module_utils.resolver import truthy
+
 
 class KubeadmConfigError(ValueError):
     """A setting the chosen line cannot express, or a line this collection does not support."""
@@ -105,12 +107,8 @@ def _args(line: Line, args: Mapping[str, Any]) -> Any:
 
 
 def _bool(value: Any, default: bool = False) -> bool:
-    """A switch from YAML or Ansible, where "false" may arrive as a string."""
-    if value is None or value == "":
-        return default
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+    """A switch read as Ansible's `| bool` does (resolver.truthy); unset means the default."""
+    return default if value is None or value == "" else truthy(value)
 
 
 def _set(value: Any) -> bool:

@@ -80,14 +80,14 @@ def test_haproxy_listens_on_loopback_only(host):
 
 def test_haproxy_health_checks_every_control_plane_api_server(host):
     backend = _config_section(host.file(HAPROXY_CFG).content_string, "backend kube_apiserver")
-    assert "option httpchk GET /livez" in backend
+    assert "option httpchk GET /readyz" in backend
     default_server = next(line.split() for line in backend if line.startswith("default-server "))
     assert "check" in default_server and "check-ssl" in default_server
     assert f"server {NODE} {NODE_IP}:6443" in backend
     assert host.run(f"haproxy -c -f {HAPROXY_CFG}").rc == 0
 
 
-def test_haproxy_marks_an_api_server_without_livez_down(host):
+def test_haproxy_marks_an_api_server_that_is_not_ready_down(host):
     # No API server runs yet (kubeadm has not), so the active check takes the node's server out.
     log = host.check_output("journalctl --no-pager -u haproxy")
     assert re.search(rf"Server kube_apiserver/{NODE} is DOWN", log), log
