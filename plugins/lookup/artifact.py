@@ -118,6 +118,8 @@ class LookupModule(LookupBase):
                                               cfg.load_overlays(config, variables.get("inventory_dir")))
             arch = self.get_option("arch") or variables.get("ansible_architecture") or \
                 (variables.get("ansible_facts") or {}).get("architecture")
+            if not arch and self.get_option("kind") == "package":
+                arch = catalog["arches"][0]  # a package's name does not depend on the arch
             if not arch:
                 raise resolver.CatalogError("the host's arch is unknown: gather facts first, or pass arch=amd64")
             mode = self.get_option("mode") or config.get("airgap_mode")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent / "build-kubernetes.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "lab" / "build-kubernetes.sh"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubeadm",
             "kube-proxy", "kubectl")
 VERSION_ARGS = {"kubectl": ("version", "--client", "--short"), "kubeadm": ("version", "-o", "short")}

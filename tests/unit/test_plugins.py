@@ -28,14 +28,19 @@ def ansible(tool, *args):
     return subprocess.run([str(exe), *args], cwd=REPO, env=env, capture_output=True, text=True, check=False)
 
 
-def lookup(terms=(), variables=None, **kwargs):
+def lookup_plugin() -> LookupModule:
     loader = DataLoader()
     plugin = LookupModule(loader=loader, templar=Templar(loader=loader))
     # What the plugin loader does on load, so set_options knows the documented options.
     plugin._load_name = "airgap.kubernetes.artifact"
     C.config.initialize_plugin_configuration_definitions("lookup", plugin._load_name,
                                                          yaml.safe_load(artifact.DOCUMENTATION)["options"])
-    return plugin.run(list(terms), variables={"ansible_architecture": "x86_64", **(variables or {})}, **kwargs)
+    return plugin
+
+
+def lookup(terms=(), variables=None, **kwargs):
+    return lookup_plugin().run(list(terms), variables={"ansible_architecture": "x86_64", **(variables or {})},
+                               **kwargs)
 
 
 def test_ansible_doc_shows_the_artifact_lookup():
@@ -198,3 +203,11 @@ def test_the_registry_filters_run_in_a_real_ansible_task_with_the_collections_de
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ('"msg": "bootstrap:5000/docker.io,bootstrap:5000/quay.io,bootstrap:5000/registry.k8s.io'
             '|bootstrap:5000/registry.k8s.io"') in proc.stdout
+
+
+def test_packages_resolve_without_facts_since_their_names_do_not_depend_on_the_arch():
+    plugin = lookup_plugin()
+    packages = plugin.run([], variables={}, kind="package", group=["bundle_server"])
+    assert {p["package"] for p in packages} >= {"nginx", "docker-registry", "chrony"}
+    with pytest.raises(Exception, match="arch is unknown"):
+        plugin.run(["kubeadm"], variables={})
