@@ -58,7 +58,7 @@ def deploy_argv(prepared, *extra: str) -> list[str]:
 def deploy(prepared, *extra: str) -> subprocess.CompletedProcess:
     t0 = time.monotonic()
     proc = subprocess.run(deploy_argv(prepared, *extra), cwd=REPO, text=True, capture_output=True,
-                          env={**os.environ, "NO_COLOR": "1"}, timeout=2400)
+                          env={**os.environ, "NO_COLOR": "1"}, timeout=2400, stdin=subprocess.DEVNULL)
     print(f"deploy-cluster {' '.join(extra)}: exit {proc.returncode} in {time.monotonic() - t0:.1f} s")
     print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("==")))
     return proc
@@ -69,7 +69,10 @@ def log_of(prepared, step: str) -> str:
 
 
 def ssh(prepared, host: str, script: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(prepared.lab.ssh_args(host) + [script], text=True, capture_output=True, timeout=timeout)
+    # stdin from /dev/null: ssh makes the stdin it inherits non-blocking, and an ansible-playbook started beside it
+    # (the roll test probes while it deploys) then refuses to run.
+    return subprocess.run(prepared.lab.ssh_args(host) + [script], text=True, capture_output=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 
 
 def kubeconfig(prepared) -> Path:
