@@ -7,13 +7,12 @@ holds a version switch: a new line is a new entry in LINES, tested in tests/unit
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import yaml
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils.resolver import truthy
+from ansible_collections.airgap.kubernetes.plugins.module_utils.resolver import bare_version, kube_release, truthy
 
 
 class KubeadmConfigError(ValueError):
@@ -56,15 +55,14 @@ DEFAULT_CERT_HOURS = 8760
 DEFAULT_CA_CERT_HOURS = 87600
 # Top-level phases of `kubeadm join`; a skipped init-only phase (addon/coredns) does not apply to a join.
 JOIN_PHASES = frozenset({"preflight", "control-plane-prepare", "kubelet-start", "control-plane-join"})
-_VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?$")
 
 
 def line_of(kube_version: str) -> tuple[str, Line]:
     """The supported line of a kube_version (v1.20.2 -> "1.20"), or an error listing the supported lines."""
-    match = _VERSION.match(str(kube_version).strip())
-    if not match:
+    release = kube_release(bare_version(kube_version))
+    if release is None:
         raise KubeadmConfigError(f"kube_version {kube_version!r} is not vMAJOR.MINOR.PATCH: set e.g. v1.36.4")
-    minor = f"{match.group(1)}.{match.group(2)}"
+    minor = release[0]
     if minor not in LINES:
         raise KubeadmConfigError(f"kube_version {kube_version} is on line {minor}, which this collection cannot "
                                  f"configure: pick one of {', '.join('v' + m for m in sorted(LINES))}")
@@ -95,7 +93,7 @@ def problems(s: Mapping[str, Any]) -> list:
 
 
 def _version(kube_version: str) -> str:
-    return "v" + str(kube_version).strip().lstrip("v")
+    return "v" + bare_version(kube_version)
 
 
 def _args(line: Line, args: Mapping[str, Any]) -> Any:

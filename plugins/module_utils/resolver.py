@@ -162,12 +162,25 @@ def _render(template: str, values: Mapping[str, str], what: str) -> str:
                            f"use {_one_of('{' + p + '}' for p in PLACEHOLDERS)}") from None
 
 
+def bare_version(value: Any) -> str:
+    """A version as the catalog writes it: v1.36.4 -> 1.36.4."""
+    text = str(value).strip()
+    return text[1:] if text[:1] in ("v", "V") else text
+
+
 def _str_version(var: str, value: Any) -> str:
     if isinstance(value, float):
         # YAML reads 3.10 as the float 3.1; the digits are already lost.
         raise CatalogError(f"{var} {value!r} is a number, not a version: quote it, e.g. {var}: \"{value}\"")
-    text = str(value).strip()
-    return text[1:] if text[:1] in ("v", "V") else text
+    return bare_version(value)
+
+
+def kube_release(version: str) -> Optional[tuple[str, Optional[str]]]:
+    """The Kubernetes line and patch of a bare version (see bare_version): 1.36.4 -> ("1.36", "4"),
+    1.36 -> ("1.36", None); None when it is no Kubernetes release. The catalog (kube_line) and
+    kubeadm_config both read kube_version through it."""
+    match = _KUBE.match(version)
+    return (f"{match.group(1)}.{match.group(2)}", match.group(3)) if match else None
 
 
 # ----------------------------------------------------------------------------- mirror layout
@@ -478,14 +491,14 @@ def kube_line(catalog: Mapping, config: Mapping) -> tuple[str, str]:
     lines = catalog.get("lines", {})
     raw = config.get("kube_version") or lines.get(catalog.get("default_line"), {}).get("kube_version", "")
     version = _str_version("kube_version", raw)
-    match = _KUBE.match(version)
-    if not match:
+    release = kube_release(version)
+    if release is None:
         raise CatalogError(f"kube_version {raw!r} is not a Kubernetes release: use vMAJOR.MINOR.PATCH, e.g. v1.36.4")
-    line = f"{match.group(1)}.{match.group(2)}"
+    line, patch = release
     if line not in lines:
         raise CatalogError(f"kube_version v{version} is on line {line}, which the catalog does not support: "
                            f"pick one of {_one_of(_sorted_versions(lines))}, or add the line with a catalog overlay")
-    if match.group(3) is None:
+    if patch is None:
         version = _str_version("kube_version", lines[line].get("kube_version", ""))
     return line, version
 

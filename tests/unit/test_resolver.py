@@ -102,6 +102,13 @@ def test_empty_kube_version_means_the_default_line():
     assert r.kube_line(CATALOG, {"kube_version": ""}) == ("1.36", "1.36.4")
 
 
+@pytest.mark.parametrize("given, expected", [
+    ("v1.36.4", ("1.36", "4")), ("V1.20.2", ("1.20", "2")), (" 1.35 ", ("1.35", None)), ("latest", None), ("v1", None),
+])
+def test_kube_release_reads_the_line_and_patch_for_catalog_and_kubeadm(given, expected):
+    assert r.kube_release(r.bare_version(given)) == expected
+
+
 def test_a_version_set_in_the_inventory_wins_over_the_line_default():
     assert r.resolve_one(CATALOG, config(etcd_version="3.6.10"), "etcd", "amd64").version == "3.6.10"
 
