@@ -2,11 +2,23 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 REQUIRED_GROUPS = ("kube_control_plane", "etcd", "k8s_cluster", "bundle_server")
 # Groups a host may belong to; a host in none of them has no job and is almost always a typo.
 ROLE_GROUPS = ("kube_control_plane", "kube_node", "etcd", "bundle_server", "bastion")
+
+
+def node_address(host: str, hostvars: Mapping[str, Mapping[str, Any]]) -> Any:
+    """A host's cluster address: the inventory's `ip`, else the address of its default route (a gathered fact)."""
+    own = hostvars[host]
+    if "ip" in own:
+        return own["ip"]
+    address = ((own.get("ansible_facts") or {}).get("default_ipv4") or {}).get("address")
+    if not address:
+        raise ValueError(f"{host} has no ip in the inventory and no default_ipv4 fact: set ip for {host}, "
+                         f"or gather its facts first")
+    return address
 
 
 def _addresses(hostvars: Mapping[str, object], host: str) -> set[str]:

@@ -1,5 +1,7 @@
-"""Specification of the inventory shape checks that run before any host is touched."""
-from ansible_collections.airgap.kubernetes.plugins.module_utils.inventory_checks import inventory_problems
+"""Specification of the inventory shape checks that run before any host is touched, and of a node's address."""
+import pytest
+
+from ansible_collections.airgap.kubernetes.plugins.module_utils.inventory_checks import inventory_problems, node_address
 
 
 def good_groups(**overrides):
@@ -104,3 +106,14 @@ def test_the_filter_is_documented_and_found_by_ansible():
                            "airgap.kubernetes.inventory_problems"], cwd=repo, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "even etcd" in proc.stdout
+
+
+def test_a_nodes_address_is_its_inventory_ip_before_its_default_route():
+    facts = {"ansible_facts": {"default_ipv4": {"address": "192.168.0.5"}}}
+    hostvars = {"a": {"ip": "10.0.0.1", **facts}, "b": facts}
+    assert [node_address(h, hostvars) for h in ("a", "b")] == ["10.0.0.1", "192.168.0.5"]
+
+
+def test_a_node_without_ip_or_facts_is_named_with_the_fix():
+    with pytest.raises(ValueError, match="node9 has no ip in the inventory and no default_ipv4 fact: set ip"):
+        node_address("node9", {"node9": {"ansible_facts": {}}})
