@@ -31,13 +31,44 @@ def deploy(prepared: cluster.Prepared, *extra: str) -> tuple[float, dict]:
     return wall, {step: rec.seconds for step, rec in records.items() if rec.status == "done"}
 
 
-def slowest_tasks(prepared: cluster.Prepared, count: int) -> list[tuple[float, str]]:
-    """The slowest tasks of every layer's last run, from profile_tasks' recap in the step logs."""
-    found = []
+def task_seconds(log: str) -> list[tuple[str, str, float]]:
+    """(play, task, seconds) for every task of an ansible-playbook log, from profile_tasks' per-task lines: each TASK
+    or PLAY header is followed by a line with the previous task's duration, "(0:00:52.138)"."""
+    lines, found, play, task = log.splitlines(), [], "", None
+    for i, line in enumerate(lines):
+        header = re.match(r"^(TASK|PLAY|RUNNING HANDLER) \[(.*?)\]", line)
+        if not header:
+            continue
+        took = re.search(r"\((\d+):(\d+):(\d+\.\d+)\)", lines[i + 1]) if i + 1 < len(lines) else None
+        if took and task:
+            found.append((*task, int(took[1]) * 3600 + int(took[2]) * 60 + float(took[3])))
+        if header[1] == "PLAY":
+            play, task = header[2], None
+        else:
+            task = (play, header[2])
+    return found
+
+
+def where_time_goes(prepared: cluster.Prepared, count: int) -> tuple[list, list]:
+    """The plays of every layer with their seconds and task counts, and the slowest tasks."""
+    plays, tasks = [], []
     for log in sorted((prepared.inventory.parent / ".airgap" / "logs").glob("*.log")):
-        for task, secs in re.findall(r"^(\S.*?) -{3,} (\d+\.\d+)s$", log.read_text(), re.M):
-            found.append((float(secs), f"{log.stem}: {task}"))
-    return sorted(found, reverse=True)[:count]
+        per_play: dict[str, list[float]] = {}
+        for play, task, secs in task_seconds(log.read_text()):
+            per_play.setdefault(play, []).append(secs)
+            tasks.append((secs, f"{log.stem}: {task}"))
+        plays += [(f"{log.stem}: {play}", sum(s), len(s)) for play, s in per_play.items()]
+    return plays, sorted(tasks, reverse=True)[:count]
+
+
+def print_where_time_goes(prepared: cluster.Prepared, count: int, title: str) -> None:
+    plays, tasks = where_time_goes(prepared, count)
+    print(f"{title}, per play (seconds, tasks):")
+    for name, secs, n in plays:
+        print(f"  {secs:6.1f} s  {n:3d} tasks  {name}")
+    print(f"{title}, slowest tasks:")
+    for secs, task in tasks:
+        print(f"  {secs:6.1f} s  {task}")
 
 
 def changed_hosts(prepared: cluster.Prepared) -> dict:
@@ -63,15 +94,14 @@ def main() -> int:
               ", ".join(f"{k} {v:.1f} s" for k, v in prepared.seconds.items()), flush=True)
         fresh, per_step = deploy(prepared)
         print(f"fresh deploy: {fresh:.1f} s (" + ", ".join(f"{s} {v:.1f} s" for s, v in per_step.items()) + ")")
-        print("slowest tasks of the fresh deploy:")
-        for secs, task in slowest_tasks(prepared, args.slowest):
-            print(f"  {secs:6.1f} s  {task}")
+        print_where_time_goes(prepared, args.slowest, "fresh deploy")
         wall, _ = deploy(prepared)
         print(f"rerun, step file kept (every step skipped): {wall:.1f} s", flush=True)
         (prepared.inventory.parent / ".airgap" / "steps.json").unlink()
         noop, per_step = deploy(prepared)
         print(f"no-op rerun, step file removed: {noop:.1f} s = {noop / fresh:.0%} of the fresh deploy (" +
               ", ".join(f"{s} {v:.1f} s" for s, v in per_step.items()) + ")")
+        print_where_time_goes(prepared, args.slowest, "no-op rerun")
         changed = changed_hosts(prepared)
         print(f"no-op rerun changed: {changed or 'nothing (changed=0 on every host)'}")
     finally:
