@@ -351,7 +351,10 @@ class RegistryMirror:
     and kubeadm's imageRepository are made of."""
 
     upstream: str  # registry.k8s.io
-    server: str  # the upstream's own API endpoint: https://registry.k8s.io (Docker Hub: https://registry-1.docker.io)
+    # hosts.toml's server, the one endpoint containerd tries: the mirror's /v2 path (https://bootstrap:5000/v2/
+    # registry.k8s.io, override_path), else the upstream's own API (Docker Hub's: https://registry-1.docker.io).
+    # Never the upstream when there is a mirror: containerd falls back to the server when the mirror fails.
+    server: str
     mirror: str  # scheme://host[:port] that serves it: https://bootstrap:5000; "" when pulled from upstream itself
     prefix: str  # path under the mirror's /v2/: registry.k8s.io for the bundle registry, a base's /prefix, or ""
     repository: str  # what stands for <upstream> in an image name: bootstrap:5000/registry.k8s.io
@@ -366,7 +369,6 @@ def registry_mirror(registry: str, mirror: Mirror, mode: str = "offline") -> Reg
     upstream = str(registry).strip()
     if not _REGISTRY.match(upstream):
         raise CatalogError(f"upstream registry {registry!r} is not a registry host: use host[:port], e.g. ghcr.io")
-    server = REGISTRY_SERVERS.get(upstream, f"https://{upstream}")
     if mode == "offline":
         _check_registry_host(mirror.registry_host)
         _check_mirrorable(upstream, upstream)
@@ -379,11 +381,12 @@ def registry_mirror(registry: str, mirror: Mirror, mode: str = "offline") -> Reg
         base = mirror.upstream_bases.get(upstream, "").rstrip("/")
         _check_registry_base(upstream, base)
         if not base:
-            return RegistryMirror(upstream, server, "", "", upstream)
+            return RegistryMirror(upstream, REGISTRY_SERVERS.get(upstream, f"https://{upstream}"), "", "", upstream)
     else:
         raise CatalogError(f"mode {mode!r} is not supported: pick one of {_one_of(MODES)}")
     host, _, prefix = base.partition("/")
-    return RegistryMirror(upstream, server, f"https://{host}", prefix, base)
+    return RegistryMirror(upstream, f"https://{host}/v2" + (f"/{prefix}" if prefix else ""), f"https://{host}", prefix,
+                          base)
 
 
 def catalog_registries(catalog: Mapping) -> list:

@@ -190,9 +190,9 @@ def test_node_downloads_a_file_and_verifies_its_sha256(node_trusts_ca: str, the_
 
 
 def _hosts_toml(server: str, upstream_host: str) -> str:
-    return (f'server = "https://{upstream_host}"\n'
-            f'[host."https://{server}:{REGISTRY}/v2/{upstream_host}"]\n'
-            '  capabilities = ["pull", "resolve"]\n  override_path = true\n')
+    # As roles/container_runtime renders it: the bundle registry is the server, so nothing falls back upstream.
+    return (f'server = "https://{server}:{REGISTRY}/v2/{upstream_host}"\n'
+            'capabilities = ["pull", "resolve"]\noverride_path = true\n[host]\n')
 
 
 @pytest.fixture(scope="module")

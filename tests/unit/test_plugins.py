@@ -2,6 +2,9 @@
 import json
 import os
 import subprocess
+import sys
+import tomllib
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,11 @@ from ansible_collections.airgap.kubernetes.plugins.filter.mirror import FilterMo
 from ansible_collections.airgap.kubernetes.plugins.filter.registry import FilterModule as RegistryFilters
 from ansible_collections.airgap.kubernetes.plugins.lookup import artifact
 from ansible_collections.airgap.kubernetes.plugins.lookup.artifact import LookupModule
+from ansible_collections.airgap.kubernetes.plugins.module_utils import config as cfg
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+import hosts_toml  # noqa: E402
 VENV_BIN = Path(os.environ.get("AIRGAP_VENV", Path.home() / ".cache" / "airgap-kubernetes" / "venv")) / "bin"
 FILTERS = FilterModule().filters()
 REGISTRY_FILTERS = RegistryFilters().filters()
@@ -181,10 +187,35 @@ def test_ansible_doc_shows_the_registry_filters_options_and_return():
 def test_the_registry_mirrors_filter_gives_plain_dicts_per_upstream_registry():
     catalog = {"components": {"a": {"kind": "image", "image": "quay.io/a"}}}
     assert REGISTRY_FILTERS["registry_mirrors"](catalog, REGISTRY_CONFIG, extra=["ghcr.io"]) == [
-        {"upstream": "ghcr.io", "server": "https://ghcr.io", "mirror": "https://bundle:5000", "prefix": "ghcr.io",
-         "repository": "bundle:5000/ghcr.io"},
-        {"upstream": "quay.io", "server": "https://quay.io", "mirror": "https://bundle:5000", "prefix": "quay.io",
-         "repository": "bundle:5000/quay.io"}]
+        {"upstream": "ghcr.io", "server": "https://bundle:5000/v2/ghcr.io", "mirror": "https://bundle:5000",
+         "prefix": "ghcr.io", "repository": "bundle:5000/ghcr.io"},
+        {"upstream": "quay.io", "server": "https://bundle:5000/v2/quay.io", "mirror": "https://bundle:5000",
+         "prefix": "quay.io", "repository": "bundle:5000/quay.io"}]
+
+
+def _hosts_toml_endpoints(catalog, config):
+    """Every URL containerd may pull from, per upstream registry, in hosts.toml as the role renders it."""
+    found = {}
+    for upstream, text in hosts_toml.render(catalog, config).items():
+        parsed = tomllib.loads(text)
+        found[upstream] = [parsed["server"], *parsed.get("host", {})]
+    return found
+
+
+def test_offline_hosts_toml_names_no_upstream_host_so_containerd_never_falls_back_to_the_internet():
+    # containerd tries `server` when every host fails (an image missing from the bundle): it must be the mirror.
+    found = _hosts_toml_endpoints(cfg.load_defaults(REPO)["airgap_catalog"], REGISTRY_CONFIG)
+    assert set(found) == {"docker.io", "quay.io", "registry.k8s.io"}
+    for upstream, urls in found.items():
+        assert [urllib.parse.urlsplit(url).netloc for url in urls] == ["bundle:5000"], (upstream, urls)
+        assert urls[0] == f"https://bundle:5000/v2/{upstream}"
+
+
+def test_upstream_mode_hosts_toml_serves_a_registry_from_its_base_else_from_itself():
+    config = {**REGISTRY_CONFIG, "airgap_mode": "upstream", "upstream_bases": {"quay.io": "proxy.example.com/quay"}}
+    found = _hosts_toml_endpoints({"components": {"a": {"kind": "image", "image": "quay.io/a"},
+                                                  "b": {"kind": "image", "image": "docker.io/library/b"}}}, config)
+    assert found == {"quay.io": ["https://proxy.example.com/v2/quay"], "docker.io": ["https://registry-1.docker.io"]}
 
 
 def test_the_registry_filters_report_a_catalog_error_as_a_filter_error():

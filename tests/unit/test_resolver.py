@@ -592,8 +592,12 @@ def test_a_registry_host_with_a_path_puts_the_path_before_the_upstream_registry(
     assert (entry.mirror, entry.prefix) == ("https://harbor.example.com", "airgap/quay.io")
 
 
-def test_docker_hub_is_reached_at_its_api_host_and_others_at_their_own_name():
-    found = mirrors()
+def test_offline_the_server_containerd_falls_back_to_is_the_bundle_registry_not_the_upstream():
+    assert {m.server for m in mirrors().values()} == {f"https://bundle:5000/v2/{u}" for u in mirrors()}
+
+
+def test_unmirrored_docker_hub_is_reached_at_its_api_host_and_others_at_their_own_name():
+    found = mirrors(mode="upstream")
     assert (found["docker.io"].server, found["quay.io"].server) == ("https://registry-1.docker.io", "https://quay.io")
 
 
@@ -648,7 +652,7 @@ def test_mirror_repository_follows_an_upstream_base():
 
 def test_registry_mirrors_turn_into_plain_dicts():
     assert r.registry_mirror("quay.io", r.Mirror(registry_host="b:5000")).to_dict() == {
-        "upstream": "quay.io", "server": "https://quay.io", "mirror": "https://b:5000", "prefix": "quay.io",
+        "upstream": "quay.io", "server": "https://b:5000/v2/quay.io", "mirror": "https://b:5000", "prefix": "quay.io",
         "repository": "b:5000/quay.io"}
 
 

@@ -57,7 +57,10 @@ def test_containerd_runs_with_the_systemd_cgroup_driver(host):
 def test_every_catalog_registry_maps_to_the_bundle_registry(host):
     for registry in ("registry.k8s.io", "docker.io", "quay.io"):
         hosts_toml = host.file(f"{HOSTS_DIR}/{registry}/hosts.toml")
-        assert hosts_toml.contains(f'host."https://bundle.airgap.internal:5000/v2/{registry}"'), registry
+        # The server is the mirror itself: containerd falls back to the server, so no upstream host is named.
+        assert hosts_toml.contains(f'^server = "https://bundle.airgap.internal:5000/v2/{registry}"$'), registry
+        assert not re.search(r"https://(registry\.k8s\.io|registry-1\.docker\.io|docker\.io|quay\.io)",
+                             hosts_toml.content_string), registry
         assert hosts_toml.contains('ca = "/usr/local/share/ca-certificates/airgap-kubernetes-ca.crt"'), registry
 
 
