@@ -7,6 +7,7 @@ from typing import Any, Iterable, Mapping
 REQUIRED_GROUPS = ("kube_control_plane", "etcd", "k8s_cluster", "bundle_server")
 # Groups a host may belong to; a host in none of them has no job and is almost always a typo.
 ROLE_GROUPS = ("kube_control_plane", "kube_node", "etcd", "bundle_server", "bastion")
+HOST_KEY_POLICIES = ("accept-new", "strict")
 
 
 def node_address(host: str, hostvars: Mapping[str, Mapping[str, Any]]) -> Any:
@@ -63,4 +64,20 @@ def inventory_problems(groups: Mapping[str, Iterable[str]], hostvars: Mapping[st
                             f"give each host its own ip and ansible_host")
     if len(groups.get("bundle_server", [])) > 1:
         problems.append(f"bundle_server has {len(groups['bundle_server'])} hosts: it takes exactly one")
+    for host in groups.get("all", []):
+        problems.extend(_host_key_problems(host, hostvars.get(host, {})))
+    return problems
+
+
+def _host_key_problems(host: str, hostvars: Mapping[str, object]) -> list[str]:
+    """The host-key policy is airgap_host_key_policy alone: ssh keeps an option's first value, and the policy
+    comes first, so StrictHostKeyChecking in airgap_ssh_args would be silently ignored."""
+    problems = []
+    policy = hostvars.get("airgap_host_key_policy", "accept-new")
+    if policy not in HOST_KEY_POLICIES:
+        problems.append(f"host {host}: airgap_host_key_policy {policy!r} is not a host-key policy: "
+                        f"use {' or '.join(HOST_KEY_POLICIES)}")
+    if "stricthostkeychecking" in str(hostvars.get("airgap_ssh_args") or "").lower():
+        problems.append(f"host {host}: airgap_ssh_args sets StrictHostKeyChecking, which ssh ignores after "
+                        f"airgap_host_key_policy: remove it and set airgap_host_key_policy: strict (or accept-new)")
     return problems

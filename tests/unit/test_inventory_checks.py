@@ -92,6 +92,24 @@ def test_more_than_one_bundle_server_is_refused():
     assert "bundle_server has 2 hosts: it takes exactly one" in inventory_problems(groups, hostvars_for(groups))
 
 
+def test_strict_host_key_checking_in_airgap_ssh_args_is_refused_with_the_policy_setting_as_fix():
+    groups = good_groups()
+    hostvars = hostvars_for(groups)
+    hostvars["node2"]["airgap_ssh_args"] = "-o UserKnownHostsFile=/k -o StrictHostKeyChecking=yes"
+    assert inventory_problems(groups, hostvars) == [
+        "host node2: airgap_ssh_args sets StrictHostKeyChecking, which ssh ignores after airgap_host_key_policy: "
+        "remove it and set airgap_host_key_policy: strict (or accept-new)"]
+
+
+@pytest.mark.parametrize("policy", ["no", "yes", True, "off"])
+def test_a_host_key_policy_other_than_accept_new_or_strict_is_refused(policy):
+    groups = good_groups()
+    hostvars = hostvars_for(groups)
+    hostvars["node3"]["airgap_host_key_policy"] = policy
+    assert inventory_problems(groups, hostvars) == [
+        f"host node3: airgap_host_key_policy {policy!r} is not a host-key policy: use accept-new or strict"]
+
+
 def test_every_problem_is_reported_at_once():
     groups = good_groups(etcd=["node1", "node2"], all=good_groups()["all"] + ["stray"])
     assert len(inventory_problems(groups, hostvars_for(groups))) == 2

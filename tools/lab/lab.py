@@ -502,8 +502,10 @@ def render_lab_vars(lab: Lab) -> str:
 ansible_user: root
 ansible_ssh_private_key_file: {lab.key}
 # Host keys are made per node at first boot; this file holds the ones lab.py collected.
-# airgap_ssh_args, not ansible_ssh_common_args, so the collection's bastion proxy still applies.
-airgap_ssh_args: "-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes"
+# airgap_ssh_args, not ansible_ssh_common_args, so the collection's bastion proxy still applies. Every key is
+# known beforehand, so the strict policy: an unknown host is refused.
+airgap_ssh_args: "-o UserKnownHostsFile={known_hosts}"
+airgap_host_key_policy: strict
 ansible_python_interpreter: /usr/bin/python3
 airgap_lab: true
 
