@@ -7,8 +7,10 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +248,8 @@ class StateFile:
 
 
 class Lock:
-    """Exclusive, non-blocking lock per inventory; the kernel drops it when the holder dies."""
+    """Exclusive, non-blocking lock per inventory; the kernel drops it when the holder dies. A child given the
+    lock's fd (pass_fds) holds it too: the lock outlives a killed run.sh until its ansible-playbook exits."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -262,10 +265,23 @@ class Lock:
             os.close(fd)
             raise StepError(f"another run holds the lock on this inventory ({holder}); "
                             f"wait for it to finish (lock file {self.path})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}, {' '.join(sys.argv[1:])[:200]}, since {_now()}".encode())
         self._fd = fd
+        self._describe(f"pid {os.getpid()}, {' '.join(sys.argv[1:])[:200]}, since {_now()}")
         return self
+
+    @property
+    def fd(self) -> int:
+        assert self._fd is not None, "the lock is not held"
+        return self._fd
+
+    def _describe(self, holder: str) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, holder.encode(), 0)
+
+    def held_by_child(self, pid: int) -> None:
+        """Names the child that shares the lock, so a run refused after run.sh died names what still runs."""
+        self._describe(f"ansible-playbook pid {pid}, started by pid {os.getpid()} "
+                       f"({' '.join(sys.argv[1:])[:200]}), since {_now()}")
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
@@ -304,20 +320,49 @@ class Style:
 Executor = Callable[[list[str], Path, Path], int]
 
 
+# What a signal to run.sh becomes for the playbook's process group. SIGHUP (the terminal went away) turns into
+# SIGTERM: ansible-playbook stops its workers on SIGINT and SIGTERM, but dies at once on SIGHUP, and its workers,
+# each in a session of its own, would run on.
+FORWARDED_SIGNALS = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
+
+
 def run_logged(argv: list[str], cwd: Path, log_path: Path, out: TextIO = sys.stdout,
-               env: Optional[dict[str, str]] = None) -> int:
-    """Runs argv, copying its output line by line to out and to log_path; returns the exit code."""
+               env: Optional[dict[str, str]] = None, lock: Optional[Lock] = None) -> int:
+    """Runs argv in a process group of its own, copying its output line by line to out and to log_path; returns
+    the exit code. The child holds `lock` too, and SIGINT, SIGTERM and SIGHUP go to its whole group (as
+    FORWARDED_SIGNALS maps them), so stopping run.sh stops the playbook, and killing run.sh leaves the lock held."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"# {_now()} {' '.join(argv)}\n")
         log.flush()
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, env=env)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            out.write(line)
-            log.write(line)
-        return proc.wait()
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, env=env, start_new_session=True,
+                                pass_fds=(lock.fd,) if lock is not None else ())
+        if lock is not None:
+            lock.held_by_child(proc.pid)
+
+        def forward(signum: int, _frame: object) -> None:
+            try:
+                os.killpg(proc.pid, FORWARDED_SIGNALS.get(signum, signum))
+            except ProcessLookupError:
+                pass
+
+        main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS} if main else {}
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.write(line)
+                log.write(line)
+            return proc.wait()
+        except BaseException:
+            # The lock is released when this run leaves it: the playbook must not outlive that unlocked.
+            forward(signal.SIGTERM, None)
+            proc.wait()
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def playbook_argv(run: Run, step: str, ansible_playbook: str) -> list[str]:
@@ -359,7 +404,7 @@ def execute(run: Run, from_step: Optional[str] = None, only_step: Optional[str] 
     style = Style(out)
     state = StateFile(run.state_dir / "steps.json")
     env = ansible_env(run)
-    with Lock(run.state_dir / "lock"):
+    with Lock(run.state_dir / "lock") as lock:
         inputs = inputs_fingerprint(run)
         fingerprints = {s: step_fingerprint(run, s, inputs) for s in run.steps}
         planned = plan(run, state.load().get(run.key, {}), fingerprints, from_step, only_step)
@@ -382,7 +427,7 @@ def execute(run: Run, from_step: Optional[str] = None, only_step: Optional[str] 
             out.write(style.bold(f"== run {p.name} ({p.reason}); log {log_path}") + "\n")
             out.flush()
             t0 = time.monotonic()
-            code = run_logged(playbook_argv(run, p.name, ansible_playbook), run.repo, log_path, out, env)
+            code = run_logged(playbook_argv(run, p.name, ansible_playbook), run.repo, log_path, out, env, lock)
             seconds = round(time.monotonic() - t0, 1)
             status = "done" if code == 0 else "failed"
             state.record(run.key, p.name, StepRecord(status, fingerprints[p.name], started, _now(), seconds,

@@ -4,9 +4,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -276,6 +279,98 @@ def test_a_second_concurrent_run_on_the_same_inventory_is_refused(tree):
         holder.wait()
     # The kernel released the dead holder's lock: no stale lock to clean by hand.
     assert execute(run)[0] == 0
+
+
+# A step that holds: its command records its pid and sleeps, as a long task of a real playbook does.
+HOLD_PLAYBOOK = textwrap.dedent("""\
+    ---
+    - name: Step hold
+      hosts: localhost
+      gather_facts: false
+      tasks:
+        - name: Hold
+          ansible.builtin.shell: echo $$ > "$HOLD_PID.tmp" && mv "$HOLD_PID.tmp" "$HOLD_PID" && exec sleep 120
+          changed_when: true
+    """)
+
+
+def _wait_for(predicate, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie: a process whose parent died first waits for a reaper that may never come here."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def holding_run(tree, tmp_path):
+    """(run, parent, pid of the held command): run.sh's step engine in a process of its own, its playbook busy."""
+    repo, inventory, _ = tree
+    (repo / "playbooks" / "hold.yml").write_text(HOLD_PLAYBOOK)
+    run = make_run(repo, inventory, ["hold"])
+    hold_pid = tmp_path / "hold.pid"
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO / '.collections')!r})
+        from pathlib import Path
+        from ansible_collections.airgap.kubernetes.tools import steps
+        run = steps.Run(command="deploy-cluster", inventory=Path({str(inventory)!r}), repo=Path({str(repo)!r}),
+                        steps=("hold",))
+        sys.exit(steps.execute(run, ansible_playbook={ANSIBLE_PLAYBOOK!r}))
+        """)], env={**os.environ, "HOLD_PID": str(hold_pid)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    held = None
+    try:
+        _wait_for(hold_pid.exists, "the playbook's command to start")
+        held = int(hold_pid.read_text())
+        yield run, parent, held
+    finally:
+        parent.kill()
+        parent.wait()
+        holder = re.search(r"ansible-playbook pid (\d+)", (run.state_dir / "lock").read_text())
+        for pid in ([held] if held else []):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if holder and _alive(int(holder[1])):
+            os.killpg(int(holder[1]), signal.SIGKILL)
+
+
+def test_a_killed_run_sh_leaves_the_lock_held_by_its_running_playbook(holding_run):
+    run, parent, held = holding_run
+    parent.kill()
+    parent.wait()
+    assert _alive(held)
+    with pytest.raises(steps.StepError, match=r"another run holds the lock on this inventory \(ansible-playbook pid "
+                                              rf"\d+, started by pid {parent.pid} "):
+        with steps.Lock(run.state_dir / "lock"):
+            pass
+    # The lock goes with the last process that holds it: the playbook, once its command ends.
+    os.kill(held, signal.SIGKILL)
+    _wait_for(lambda: _lock_is_free(run), "the playbook to exit and release the lock")
+
+
+def _lock_is_free(run) -> bool:
+    try:
+        with steps.Lock(run.state_dir / "lock"):
+            return True
+    except steps.StepError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_run_sh_stops_the_playbooks_whole_process_group_and_records_the_step_failed(holding_run, sig):
+    run, parent, held = holding_run
+    parent.send_signal(sig)
+    _wait_for(lambda: not _alive(held), "the playbook's command to stop", seconds=15)
+    assert parent.wait(timeout=30) != 0
+    record = steps.StateFile(run.state_dir / "steps.json").load()[run.key]["hold"]
+    assert record.status == "failed"
 
 
 def test_remove_cluster_clears_the_step_file(tree):
