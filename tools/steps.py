@@ -214,8 +214,42 @@ def plan(run: Run, records: dict[str, StepRecord], fingerprints: dict[str, str],
     return planned
 
 
+def private_dir(path: Path) -> Path:
+    """The state directory and what is under it (logs, facts, lock) are the operator's alone: 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != 0o700:
+        path.chmod(0o700)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _records(raw: object) -> dict[str, dict[str, StepRecord]]:
+    """The runs of a step file's JSON; ValueError names the first part that is not shaped as save() writes it."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("runs", {}), dict):
+        raise ValueError('it must be an object with "runs": {run: {step: record}}')
+    required = {"status", "fingerprint", "started"}
+    runs = {}
+    for key, records in raw.get("runs", {}).items():
+        if not isinstance(records, dict):
+            raise ValueError(f"run {key!r} must map step names to records")
+        for step, rec in records.items():
+            if not isinstance(rec, dict) or not required <= set(rec) or \
+                    not all(isinstance(rec[k], str) for k in required):
+                raise ValueError(f"step {step!r} of run {key!r} needs a record with "
+                                 f"{', '.join(sorted(required))} as strings")
+        runs[key] = {step: StepRecord.from_dict(rec) for step, rec in records.items()}
+    return runs
+
+
 class StateFile:
-    """JSON record of finished steps, per run key, next to the inventory."""
+    """JSON record of finished steps, per run key, next to the inventory: 0600, fsynced, replaced atomically."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -223,19 +257,28 @@ class StateFile:
     def load(self) -> dict[str, dict[str, StepRecord]]:
         if not self.path.exists():
             return {}
+        fix = "delete it to start over (the next run starts from the first step)"
         try:
             raw = json.loads(self.path.read_text())
         except json.JSONDecodeError as exc:
-            raise StepError(f"step file {self.path} is corrupt ({exc}): delete it to start over") from exc
-        return {key: {step: StepRecord.from_dict(rec) for step, rec in steps.items()}
-                for key, steps in raw.get("runs", {}).items()}
+            raise StepError(f"step file {self.path} is corrupt ({exc}): {fix}") from exc
+        try:
+            return _records(raw)
+        except ValueError as exc:
+            raise StepError(f"step file {self.path} is not a step file: {exc}; {fix}") from None
 
     def save(self, runs: dict[str, dict[str, StepRecord]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         data = {"version": 1, "runs": {key: {s: vars(r) for s, r in steps.items()} for key, steps in runs.items()}}
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)  # atomic: a kill mid-write never leaves half a file
+        _fsync_dir(self.path.parent)  # and a crash right after does not lose the rename
 
     def record(self, key: str, step: str, rec: StepRecord) -> None:
         runs = self.load()
@@ -256,8 +299,8 @@ class Lock:
         self._fd: Optional[int] = None
 
     def __enter__(self) -> "Lock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -331,8 +374,9 @@ def run_logged(argv: list[str], cwd: Path, log_path: Path, out: TextIO = sys.std
     """Runs argv in a process group of its own, copying its output line by line to out and to log_path; returns
     the exit code. The child holds `lock` too, and SIGINT, SIGTERM and SIGHUP go to its whole group (as
     FORWARDED_SIGNALS maps them), so stopping run.sh stops the playbook, and killing run.sh leaves the lock held."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as log:
+    private_dir(log_path.parent)
+    # Line-buffered: after a kill, the log ends with the task that was running, not one long finished.
+    with open(log_path, "w", encoding="utf-8", buffering=1) as log:
         log.write(f"# {_now()} {' '.join(argv)}\n")
         log.flush()
         proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -388,7 +432,8 @@ def ssh_control_dir(inventory: Path) -> Path:
 def ansible_env(run: Run) -> dict[str, str]:
     # Facts and SSH masters are kept per inventory: two labs may both have a node1 at the same
     # address, and a master opened directly must not carry a session meant to go through a bastion.
-    return {**os.environ,
+    # PYTHONUNBUFFERED: ansible-playbook writes each line to the pipe as it happens, not in blocks.
+    return {**os.environ, "PYTHONUNBUFFERED": "1",
             "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(run.state_dir / "facts"),
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(ssh_control_dir(run.inventory))}
 
@@ -407,7 +452,8 @@ def execute(run: Run, from_step: Optional[str] = None, only_step: Optional[str] 
     with Lock(run.state_dir / "lock") as lock:
         inputs = inputs_fingerprint(run)
         fingerprints = {s: step_fingerprint(run, s, inputs) for s in run.steps}
-        planned = plan(run, state.load().get(run.key, {}), fingerprints, from_step, only_step)
+        records = state.load().get(run.key, {})
+        planned = plan(run, records, fingerprints, from_step, only_step)
         to_run = [p for p in planned if p.run]
         missing = missing_playbooks(run, [p.name for p in to_run])
         if missing and not stop_at_missing:
@@ -423,6 +469,10 @@ def execute(run: Run, from_step: Optional[str] = None, only_step: Optional[str] 
                 return 3
             started = _now()
             log_path = run.state_dir / "logs" / f"{p.name}.log"
+            kept = _keep_failed_log(records.get(p.name), log_path)
+            if kept:
+                out.write(style.dim(f"== the log of the run that {records[p.name].status} there is kept: {kept}")
+                          + "\n")
             state.record(run.key, p.name, StepRecord("running", fingerprints[p.name], started, log=str(log_path)))
             out.write(style.bold(f"== run {p.name} ({p.reason}); log {log_path}") + "\n")
             out.flush()
@@ -441,6 +491,15 @@ def execute(run: Run, from_step: Optional[str] = None, only_step: Optional[str] 
             state.clear()
             out.write("== step file cleared: the next deploy-cluster starts from 00-ssh\n")
     return 0
+
+
+def _keep_failed_log(record: Optional[StepRecord], log_path: Path) -> Optional[Path]:
+    """A step that failed, or was killed while running, keeps its log as <step>.failed.log when it runs again."""
+    if record is None or record.status not in ("failed", "running") or not log_path.is_file():
+        return None
+    kept = log_path.with_suffix(".failed.log")
+    os.replace(log_path, kept)
+    return kept
 
 
 def describe(inventory: Path, out: TextIO = sys.stdout) -> None:

@@ -450,6 +450,58 @@ def test_a_corrupt_step_file_names_itself_and_the_fix(tree):
         execute(run)
 
 
+@pytest.mark.parametrize("content, problem", [
+    ("[]", 'it must be an object with "runs"'),
+    ('{"runs": []}', 'it must be an object with "runs"'),
+    ('{"runs": {"deploy-cluster": ["a"]}}', "run 'deploy-cluster' must map step names to records"),
+    ('{"runs": {"deploy-cluster": {"a": "done"}}}', "step 'a' of run 'deploy-cluster' needs a record with"),
+    ('{"runs": {"deploy-cluster": {"a": {"status": "done"}}}}', "fingerprint, started, status as strings"),
+])
+def test_a_wrong_shaped_step_file_names_itself_the_problem_and_the_fix(tree, content, problem):
+    repo, inventory, _ = tree
+    run = make_run(repo, inventory, ["a"])
+    run.state_dir.mkdir()
+    (run.state_dir / "steps.json").write_text(content)
+    with pytest.raises(steps.StepError) as error:
+        execute(run)
+    message = str(error.value)
+    assert message.startswith(f"step file {run.state_dir / 'steps.json'} is not a step file: ") and problem in message
+    assert message.endswith("delete it to start over (the next run starts from the first step)")
+
+
+def test_the_step_file_is_0600_in_a_0700_directory_even_one_made_open_before(tree):
+    repo, inventory, _ = tree
+    add_playbooks(repo, "a")
+    run = make_run(repo, inventory, ["a"])
+    run.state_dir.mkdir(mode=0o755)
+    os.chmod(run.state_dir, 0o755)
+    assert execute(run)[0] == 0
+    for path, mode in ((run.state_dir, 0o700), (run.state_dir / "steps.json", 0o600), (run.state_dir / "lock", 0o600),
+                       (run.state_dir / "logs", 0o700)):
+        assert oct(path.stat().st_mode & 0o777) == oct(mode), path
+    assert not (run.state_dir / "steps.tmp").exists()
+
+
+def test_a_resumed_step_keeps_the_log_of_the_run_that_failed(tree, monkeypatch):
+    repo, inventory, _ = tree
+    add_playbooks(repo, "a")
+    run = make_run(repo, inventory, ["a"])
+    monkeypatch.setenv("FAIL_STEP", "a")
+    assert execute(run)[0] != 0
+    monkeypatch.delenv("FAIL_STEP")
+    code, out = execute(run)
+    logs = run.state_dir / "logs"
+    assert code == 0 and f"the log of the run that failed there is kept: {logs / 'a.failed.log'}" in out
+    assert "a failed on request" in (logs / "a.failed.log").read_text()
+    assert "a failed on request" not in (logs / "a.log").read_text()
+
+
+def test_the_log_has_each_line_while_the_playbook_still_runs(holding_run):
+    # What a kill leaves behind: the log names the task that was running.
+    run, _, _ = holding_run
+    assert "TASK [Hold]" in (run.state_dir / "logs" / "hold.log").read_text()
+
+
 def test_an_unknown_command_lists_the_valid_ones(tree):
     repo, inventory, _ = tree
     with pytest.raises(steps.StepError, match="unknown command 'deploy': use one of deploy-cluster"):
