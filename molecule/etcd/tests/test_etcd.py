@@ -88,6 +88,15 @@ def test_keys_are_private_and_certs_name_the_member(name):
     assert host.run(f"openssl verify -CAfile {PKI}/ca.crt {PKI}/server.crt {PKI}/peer.crt {PKI}/admin.crt").rc == 0
 
 
+@pytest.mark.parametrize("name", sorted(MEMBERS))
+def test_the_binaries_root_runs_belong_to_root_whatever_uid_built_the_tarball(name):
+    # The release tarball carries its builder's uid; unpacked as is, that uid could rewrite what root runs.
+    lines = node(name).check_output("stat -L -c '%U:%G %a %n' /opt/etcd/v*/* $(command -v etcd etcdctl)")
+    for line in lines.splitlines():
+        owner, mode, path = line.split(" ", 2)
+        assert owner == "root:root" and int(mode, 8) & 0o022 == 0, line
+
+
 def test_key_written_on_one_member_reads_on_another():
     assert etcdctl("mol-etcd1", "put /test/replication written-on-etcd1").rc == 0
     for name in ("mol-etcd2", "mol-etcd3"):
