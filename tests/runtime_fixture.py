@@ -6,9 +6,12 @@ Builds on tests/bundle_fixture.py (apt repo, files, registry with a tiny image u
 - an apt repo with every OS package of the catalog (and what Ansible's modules need) for each Debian suite the
   nodes run (bookworm and trixie), signed with a new key;
 - kubeadm, kubelet and kubectl of the lab's Kubernetes v1.20.2 build (tools/lab/build-kubernetes.sh, through
-  tools/lab/upstream.py) at their mirror paths, when that build is available;
-- a catalog overlay declaring the repacked versions (and v1.20.2's binaries) with their sha256, as a site brings its
-  own builds.
+  tools/lab/upstream.py) at their mirror paths, when that build is available; with it, from the lab's local upstream
+  (tools/lab/upstream.py's cache), the control-plane images kubeadm and the kubelet pull (kube-apiserver,
+  kube-controller-manager, kube-scheduler, kube-proxy, pause) under their upstream names in the registry, and the
+  etcd release tarball layer 02 installs;
+- a catalog overlay declaring the repacked versions (and v1.20.2's binaries and etcd) with their sha256, as a site
+  brings its own builds.
 
 CLI: python3 tests/runtime_fixture.py [--reuse] OUT_DIR
   -> OUT_DIR/bundle.tar.gz(.sha256), OUT_DIR/runtime-overlay.yml, OUT_DIR/fixture.json (also on stdout)
@@ -32,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bundle_fixture as fixture  # noqa: E402
 from ansible_collections.airgap.kubernetes.tools.lab import upstream  # noqa: E402
 
-from ansible_collections.airgap.kubernetes.tools import bundle_apt, bundle_downloads  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import bundle_apt, bundle_downloads, bundle_images  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools.bundle_plan import ImageJob  # noqa: E402
 from ansible_collections.airgap.kubernetes.tools.progress import Progress  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
 from ansible_collections.airgap.kubernetes.tools import catalog_overlay  # noqa: E402
@@ -48,6 +52,8 @@ RUNTIME_DEBS = {"containerd": "containerd", "runc": "runc", "containernetworking
 CONTAINERD_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr")
 # The lab build's binaries the nodes download (roles/kubernetes_node), each a catalog component of that name.
 KUBE_BINARIES = ("kubeadm", "kubelet", "kubectl")
+# The local upstream's images a kubeadm node pulls (by repository name); its etcd and busybox images stay out.
+KUBE_IMAGES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "pause")
 
 
 def catalog_packages() -> list[str]:
@@ -123,6 +129,27 @@ def add_kube_files(bundle: Path, catalog: dict) -> dict[str, tuple[str, Path]]:
     return placed
 
 
+def add_upstream_content(bundle: Path, catalog: dict) -> tuple[dict[str, tuple[str, Path]], dict[str, str]]:
+    """With the lab build: the etcd release tarball at its mirror path and the KUBE_IMAGES in the registry storage,
+    taken from the lab's local upstream (tools/lab/upstream.build(), cached under ~/.cache/airgap-kubernetes/upstream)
+    through the bundle builder's own image copy; returns ({"etcd": (version, path)}, {image ref: digest}), both
+    empty without the build."""
+    if not kube_build():
+        return {}, {}
+    content = upstream.build()
+    etcd_version, etcd_tarball = next((version, Path(path)) for name, version, path in content.files if name == "etcd")
+    dest = mirror_dest(bundle, catalog, "etcd", etcd_version)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(etcd_tarball, dest)
+    refs = sorted(ref for ref in content.images
+                  if bundlefmt.split_reference(ref)[0].rsplit("/", 1)[-1] in KUBE_IMAGES)
+    with bundle_images.local_registry(content.root / "registry") as source:
+        jobs = [ImageJob(name=ref, version=bundlefmt.split_reference(ref)[1], canonical=ref, source=f"{source}/{ref}",
+                         digest=None, multiarch=False) for ref in refs]
+        images = bundle_images.copy_images(jobs, bundle, [fixture.ARCH], [], Progress(live=False))
+    return {"etcd": (etcd_version, dest)}, images
+
+
 def build(out: Path) -> dict:
     """The bundle fixture extended for layer 01, as bundle.tar.gz, and the catalog overlay for its versions."""
     out = Path(out)
@@ -130,10 +157,11 @@ def build(out: Path) -> dict:
     catalog = cfg.load_defaults(fixture.REPO)["airgap_catalog"]
     runtime = add_runtime_files(base.dir, catalog)
     kube = add_kube_files(base.dir, catalog)
+    etcd, kube_images = add_upstream_content(base.dir, catalog)
     packages = tuple(sorted(set(catalog_packages()) | set(fixture.APT_PACKAGES) | set(TOOL_PACKAGES)))
     add_apt_suites(base.dir, packages)
     overlay = catalog_overlay.make_overlay((name, version, fixture.ARCH, path)
-                                           for name, (version, path) in {**runtime, **kube}.items())
+                                           for name, (version, path) in {**runtime, **kube, **etcd}.items())
     overlay_file = out / "runtime-overlay.yml"
     overlay_file.write_text("---\n# Catalog overlay for the repacked Debian runtime and the lab's Kubernetes build "
                             "(tests/runtime_fixture.py).\n"
@@ -141,7 +169,7 @@ def build(out: Path) -> dict:
     versions = dict(base.manifest.get("versions") or {})
     versions.update({f"{name.replace('-plugins', '')}": version for name, (version, _) in runtime.items()})
     versions.update({name: version for name, (version, _) in kube.items()})
-    images = {ref: entry["digest"] for ref, entry in base.manifest["images"].items()}
+    images = {**{ref: entry["digest"] for ref, entry in base.manifest["images"].items()}, **kube_images}
     bundlefmt.write_manifest(base.dir, images=images, arches=[fixture.ARCH], apt_suites=list(SUITES),
                              versions=versions, config={"source": "tests/runtime_fixture.py"})
     tarball = fixture.make_tarball(base.dir, out)
@@ -150,8 +178,9 @@ def build(out: Path) -> dict:
         "tarball": str(tarball),
         "overlay": str(overlay_file),
         "versions": {**{f"{name.replace('-plugins', '')}_version": version for name, (version, _) in runtime.items()},
-                     **({"kube_version": f"v{upstream.KUBE_VERSION}"} if kube else {})},
-        "images": sorted(base.manifest["images"]),
+                     **({"kube_version": f"v{upstream.KUBE_VERSION}"} if kube else {}),
+                     **{f"{name}_version": version for name, (version, _) in etcd.items()}},
+        "images": sorted(images),
         "apt_suites": list(SUITES),
     }
 
