@@ -23,6 +23,8 @@ from typing import Iterator, Optional, Sequence
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 IMAGE_DIR = HERE / "image"
+# The Kubernetes and host settings every lab inventory carries (and the Kubernetes molecule scenarios link).
+NODE_SETTINGS = HERE / "node-settings.yml"
 CACHE_DIR = Path(os.environ.get("AIRGAP_CACHE",
                                Path.home() / ".cache" / "airgap-kubernetes")) / "lab"
 LAB_ROOT = Path(os.environ.get("AIRGAP_LAB_ROOT", REPO / ".lab"))
@@ -493,9 +495,12 @@ def render_hosts_yml(lab: Lab) -> str:
 
 
 def render_lab_vars(lab: Lab) -> str:
-    """group_vars/all/lab.yml: how to reach the nodes, and what the lab's host forces on them."""
+    """group_vars/all/lab.yml: how to reach the nodes, and what the lab's host forces on them (NODE_SETTINGS, which
+    the molecule scenarios that run Kubernetes share)."""
     known_hosts = lab.dir / "known_hosts"
     cgroups = "".join(f'  - "{c}"\n' for c in unmount_cgroups())
+    # The file without its document start and opening comment, which the header below says for the lab.
+    settings = NODE_SETTINGS.read_text().split("\n\n", 1)[1]
     return f"""\
 # Lab {lab.name}: written by tools/lab/lab.py. Settings only a lab on this kind of host needs;
 # each says why (see docs/lab.md). Production inventories leave them at their defaults.
@@ -509,40 +514,8 @@ airgap_host_key_policy: strict
 ansible_python_interpreter: /usr/bin/python3
 airgap_lab: true
 
-# Nodes lack CAP_SYS_RESOURCE; without this every pod sandbox fails with
-# "can't get final child's PID from pipe".
-containerd_restrict_oom_score_adj: true
-# nf_conntrack_max is read-only inside a container's network namespace.
-kube_proxy_conntrack_max_per_core: 0
-# The host kernel has no IPVS.
-kube_proxy_mode: iptables
-# Nodes share the host's swap setting and cannot change it.
-kubelet_fail_swap_on: false
-# Nodes share the host's disk: the kubelet would evict pods and collect images for the host's usage, not its own.
-kubelet_eviction_hard: {{"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"}}
-kubelet_image_gc_high_threshold_percent: 100
-kubelet_image_gc_low_threshold_percent: 99
-# crictl is not obtainable here (kubeadm's preflight needs it), and CoreDNS's image is not
-# either; the collection deploys DNS itself.
-kubeadm_skip_phases:
-  - preflight
-  - addon/coredns
-# A worker join runs preflight; crictl is its only missing piece.
-kubeadm_ignore_preflight_errors:
-  - FileExisting-crictl
-# Calico, Cilium and flannel images are not obtainable here; Debian's CNI plugins are.
-kube_network_plugin: bridge
-# The only Kubernetes the lab can build offline (Debian's source package).
-kube_version: v1.20.2
-# The nodes are containers sharing the host's kernel and clock: chrony follows the bundle server but
-# must not set the clock, and kernel parameters the container cannot write are the host's to set.
-bootstrap_os_chrony_daemon_opts: "-F 1 -x"
-bundle_server_chrony_daemon_opts: "-F 1 -x"
-bootstrap_os_sysctl_skip_readonly: true
-# The bundle server serves time to the lab's network.
+{settings}# The bundle server serves time to the lab's network.
 bundle_server_ntp_allow: ["{lab.subnet}"]
-# Where the operator (or `run.sh demo`) puts the bundle tarball on the bundle host.
-bundle_server_bundle_archive: /srv/airgap/bundle.tar.gz
 # Hierarchies the host does not mount would be one tree shared by every node's kubelet.
 lab_unmount_cgroups:
 {cgroups}"""
