@@ -5,6 +5,7 @@ import datetime as _dt
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
@@ -92,6 +93,34 @@ def _walk_files(root: Path) -> Iterable[tuple[str, Path]]:
             if rel == MANIFEST:
                 continue
             yield rel, Path(dirpath) / name
+
+
+def _irregular(path: Path) -> Optional[str]:
+    """What an entry is when it is neither a regular file nor a directory (not followed), else None."""
+    mode = path.lstat().st_mode
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return f"a symlink to {os.readlink(path)}"
+    return "a fifo" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+
+
+def _irregular_registry_entries(root: Path) -> Iterable[tuple[str, str]]:
+    """(bundle-relative path, what it is) for every entry of registry storage that is not a regular file or a
+    directory. A link there would make the registry serve, and the role's chown reach, whatever it points at."""
+    top = root / REGISTRY_DIR
+    if not os.path.lexists(top):
+        return
+    what = _irregular(top)
+    if what:
+        yield REGISTRY_DIR, what
+        return
+    for dirpath, dirnames, filenames in os.walk(top):  # os.walk lists a linked directory but does not enter it
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            what = _irregular(path)
+            if what:
+                yield path.relative_to(root).as_posix(), what
 
 
 def write_manifest(
@@ -245,7 +274,8 @@ def verify_bundle(bundle_dir: PathLike) -> list[Problem]:
     Checked: the sha256 of every listed file, every blob of every listed image (manifests, configs, layers,
     and for indexes the manifest of each platform in the manifest's arches, or present), and files outside registry storage that the manifest does not
     list (refused: nginx would serve them). Extra content in registry storage is ignored: it is
-    content-addressed, so it cannot change a listed image, and local pushes may add to it.
+    content-addressed, so it cannot change a listed image, and local pushes may add to it. Anywhere in the
+    bundle, registry storage included, an entry that is not a regular file or a directory is refused.
     Raises BundleError when manifest.json is missing or unreadable.
     """
     root = Path(bundle_dir)
@@ -265,6 +295,8 @@ def verify_bundle(bundle_dir: PathLike) -> list[Problem]:
             problems.append(Problem("modified", rel, f"is modified (sha256 differs from the manifest's {listed[rel]['sha256'][:12]}…)"))
     for rel in sorted(set(present) - set(listed)):
         problems.append(Problem("unexpected", rel, "is not in the manifest"))
+    for rel, what in sorted(_irregular_registry_entries(root)):
+        problems.append(Problem("unexpected", rel, f"is {what}: a bundle holds only regular files and directories"))
     checker = _ImageChecker(root, manifest.get("arches") or [])
     for ref, entry in sorted(manifest["images"].items()):
         problems += checker.image(ref, entry["digest"])

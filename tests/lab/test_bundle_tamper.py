@@ -34,7 +34,8 @@ def _blob(bundle: Path, digest: str) -> Path:
 
 @pytest.fixture(scope="module")
 def tampered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """An unpacked fixture bundle with etcd modified and the pause image's config blob modified."""
+    """An unpacked fixture bundle with etcd modified, the pause image's config blob modified and a symlink in
+    registry storage."""
     out = tmp_path_factory.mktemp("tamper")
     bundle = bundle_fixture.build_bundle(out, tarball=False).dir
     copy = out / "tampered"
@@ -46,6 +47,8 @@ def tampered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     blob = _blob(copy, config)
     blob.write_bytes(blob.read_bytes().replace(b"/bin/sleep", b"/bin/evil!"))
     assert bundlefmt.sha256_file(blob) != config[7:]
+    # A link in registry storage: the registry would serve, and a recursive chown would reach, what it points at.
+    (copy / bundlefmt.REGISTRY_V2 / "repositories" / "shadow").symlink_to("/etc")
     return copy, config
 
 
@@ -91,6 +94,7 @@ def test_role_refuses_tampered_file_and_image_by_name_before_changing_the_host(
     assert "Verify the bundle against its manifest" in out, out
     assert f"{ETCD}: is modified" in out
     assert f"{PAUSE}: config blob {tampered[1]} is modified" in out
+    assert f"{bundlefmt.REGISTRY_V2}/repositories/shadow: is a symlink to /etc" in out
     assert "docker.io/library/busybox" not in out.split("does not match its manifest", 1)[1].split("Fix:", 1)[0]
     assert "re-copy the bundle, compare with bundle.tar.gz.sha256" in out
     assert _changes(bundle_host) == before, "the role changed the host before refusing the bundle"

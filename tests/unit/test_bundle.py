@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,34 @@ def test_file_not_in_manifest_is_refused(bundle: Path) -> None:
 def test_symlink_in_served_tree_is_refused(bundle: Path) -> None:
     (bundle / "files" / "shadow").symlink_to("/etc/shadow")
     assert [(p.kind, p.name) for p in bf.verify_bundle(bundle)] == [("unexpected", "files/shadow")]
+
+
+def test_a_symlink_in_registry_storage_is_refused_even_to_a_blob_with_the_right_content(bundle: Path) -> None:
+    digest = bf.read_tag_digest(bundle, IMAGE)
+    blob = bundle / V2 / "blobs" / "sha256" / digest[7:9] / digest[7:] / "data"
+    copy = bundle.parent / "elsewhere"
+    copy.write_bytes(blob.read_bytes())
+    blob.unlink()
+    blob.symlink_to(copy)
+    (bundle / V2 / "repositories" / "shadow").symlink_to("/etc")
+    problems = bf.verify_bundle(bundle)
+    assert [(p.kind, p.name, p.detail) for p in problems] == [
+        ("unexpected", blob.relative_to(bundle).as_posix(),
+         f"is a symlink to {copy}: a bundle holds only regular files and directories"),
+        ("unexpected", f"{bf.REGISTRY_V2}/repositories/shadow",
+         "is a symlink to /etc: a bundle holds only regular files and directories")]
+
+
+def test_registry_storage_that_is_itself_a_symlink_is_refused(bundle: Path) -> None:
+    (bundle / "registry").rename(bundle.parent / "registry")
+    (bundle / "registry").symlink_to(bundle.parent / "registry")
+    assert ("unexpected", "registry") in [(p.kind, p.name) for p in bf.verify_bundle(bundle)]
+
+
+def test_a_fifo_in_registry_storage_is_refused(bundle: Path) -> None:
+    os.mkfifo(bundle / V2 / "pipe")
+    assert [str(p) for p in bf.verify_bundle(bundle)] == [
+        f"{bf.REGISTRY_V2}/pipe: is a fifo: a bundle holds only regular files and directories"]
 
 
 def test_modified_layer_blob_is_named_with_its_image_reference(bundle: Path) -> None:
