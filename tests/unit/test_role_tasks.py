@@ -72,3 +72,14 @@ def test_the_registry_storage_chown_changes_a_link_itself_never_its_target(tmp_p
     nobody = (storage / "blob").stat()
     assert nobody.st_uid != 0 and (storage / "shadow").lstat().st_uid == nobody.st_uid
     assert (target.stat().st_uid, target.stat().st_gid) == (0, 0)
+
+
+def test_chrony_serves_the_bundle_hosts_own_subnet_by_default_as_a_list_of_subnets(tmp_path):
+    # As a string, chrony.conf got one allow line per character and chrony refused to start.
+    defaults = yaml.safe_load((REPO / "roles/bundle_server/defaults/main.yml").read_text())
+    task = {"name": "Show the default", "ansible.builtin.copy": {
+        "content": "{{ {'type': bundle_server_ntp_allow | type_debug, 'value': bundle_server_ntp_allow} | to_json }}",
+        "dest": str(tmp_path / "out.json"), "mode": "0644"}}
+    run_task(tmp_path, task, {"bundle_server_ntp_allow": defaults["bundle_server_ntp_allow"],
+                              "ansible_facts": {"default_ipv4": {"network": "10.1.2.0", "prefix": "24"}}})
+    assert yaml.safe_load((tmp_path / "out.json").read_text()) == {"type": "list", "value": ["10.1.2.0/24"]}
