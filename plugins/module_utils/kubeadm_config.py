@@ -206,7 +206,11 @@ def init_configuration(s: Mapping[str, Any]) -> dict:
     _, line = line_of(s["kube_version"])
     doc: dict[str, Any] = {"apiVersion": line.kubeadm_api, "kind": "InitConfiguration",
                            "localAPIEndpoint": _api_endpoint(s),
-                           "nodeRegistration": _node_registration(line, {**s, "control_plane": True})}
+                           "nodeRegistration": _node_registration(line, {**s, "control_plane": True}),
+                           # Without one, kubeadm makes a 24-hour token; with no token value it generates one.
+                           "bootstrapTokens": [{"ttl": str(s.get("bootstrap_token_ttl") or "15m0s"),
+                                                "usages": ["signing", "authentication"],
+                                                "groups": ["system:bootstrappers:kubeadm:default-node-token"]}]}
     if line.skip_phases_in_config and s.get("skip_phases"):
         doc["skipPhases"] = list(s["skip_phases"])
     return doc
@@ -372,9 +376,11 @@ def command_flags(s: Mapping[str, Any], command: str = "init") -> list:
     if command not in ("init", "join"):
         raise KubeadmConfigError(f"kubeadm_flags takes 'init' or 'join', not {command!r}")
     phases = skip_phases(s, command)
+    # init's output is in the step log: the join command it prints must not carry the token.
+    flags = ["--skip-token-print"] if command == "init" else []
     if not line.skip_phases_in_config and phases:
-        return ["--skip-phases=" + ",".join(phases)]
-    return []
+        flags.append("--skip-phases=" + ",".join(phases))
+    return flags
 
 
 def _plain(value: Any) -> Any:

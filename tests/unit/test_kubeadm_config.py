@@ -189,10 +189,20 @@ def test_extra_apiserver_args_override_the_defaults():
 
 
 def test_v1_20_takes_skipped_phases_as_a_flag_and_v1beta4_in_the_file():
-    assert kc.command_flags(settings("1.20"), "init") == ["--skip-phases=preflight,addon/coredns"]
+    assert kc.command_flags(settings("1.20"), "init")[1:] == ["--skip-phases=preflight,addon/coredns"]
     assert "skipPhases" not in kc.init_configuration(settings("1.20"))
-    assert kc.command_flags(settings("1.36"), "init") == []
+    assert kc.command_flags(settings("1.36"), "init")[1:] == []
     assert kc.init_configuration(settings("1.36"))["skipPhases"] == ["preflight", "addon/coredns"]
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_kubeadm_init_makes_a_join_token_of_the_configured_lifetime_and_does_not_print_it(line):
+    tokens = kc.init_configuration(settings(line, bootstrap_token_ttl="10m0s"))["bootstrapTokens"]
+    assert tokens == [{"ttl": "10m0s", "usages": ["signing", "authentication"],
+                       "groups": ["system:bootstrappers:kubeadm:default-node-token"]}]
+    assert kc.init_configuration(settings(line))["bootstrapTokens"][0]["ttl"] == "15m0s"
+    assert kc.command_flags(settings(line), "init")[0] == "--skip-token-print"
+    assert "--skip-token-print" not in kc.command_flags(settings(line), "join")
 
 
 def test_a_join_skips_only_phases_that_join_has():

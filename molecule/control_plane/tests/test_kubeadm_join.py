@@ -60,3 +60,15 @@ def test_no_join_token_is_on_the_workers_disk(host):
         assert found.rc == 1 and not found.stdout, f"token {token.split('.')[0]} is in {found.stdout}"
     found = host.run(f"grep -rIlsE '{TOKEN_PATTERN}' {SEARCHED}")
     assert found.rc == 1 and not found.stdout, f"something shaped like a bootstrap token is in {found.stdout}"
+
+
+def test_no_bootstrap_token_outlives_the_join_token_lifetime(host):
+    # kubeadm init makes a 24-hour token unless its configuration names one: ours says 15 minutes.
+    expirations = kubectl("get", "secrets", "-n", "kube-system", "--field-selector",
+                          "type=bootstrap.kubernetes.io/token", "-o",
+                          "jsonpath={range .items[*]}{.data.expiration}{\"\\n\"}{end}").stdout.split()
+    assert expirations, "kubeadm init and the join made bootstrap tokens"
+    now = int(node(CONTROL).check_output("date +%s"))
+    for encoded in expirations:
+        expires = int(node(CONTROL).check_output(f"date -d \"$(echo {encoded} | base64 -d)\" +%s"))
+        assert expires - now <= 15 * 60, f"a bootstrap token lives {(expires - now) // 60} more minutes"
