@@ -2,7 +2,6 @@
 versions, and nothing listens on port 80."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 
@@ -27,15 +26,15 @@ CipherString = DEFAULT:@SECLEVEL=0
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> str:
-    with served_bundle.serving_node(f"t{os.getpid()}-bundle-tls", tmp_path_factory.mktemp("tls")) as (node, address, _):
-        served_bundle.docker("exec", node, "sh", "-euc", f"""
-            printf '%s' '{PERMISSIVE_OPENSSL}' > /etc/ssl/permissive.cnf
-            mkdir -p /etc/systemd/system/nginx.service.d
-            printf '[Service]\\nEnvironment=OPENSSL_CONF=/etc/ssl/permissive.cnf\\n' \\
-                > /etc/systemd/system/nginx.service.d/permissive-openssl.conf
-            systemctl daemon-reload && systemctl restart nginx""")
-        yield address
+def server(serving_node) -> str:
+    node, address, _ = serving_node
+    served_bundle.docker("exec", node, "sh", "-euc", f"""
+        printf '%s' '{PERMISSIVE_OPENSSL}' > /etc/ssl/permissive.cnf
+        mkdir -p /etc/systemd/system/nginx.service.d
+        printf '[Service]\\nEnvironment=OPENSSL_CONF=/etc/ssl/permissive.cnf\\n' \\
+            > /etc/systemd/system/nginx.service.d/permissive-openssl.conf
+        systemctl daemon-reload && systemctl restart nginx""")
+    return address
 
 
 def _handshake(address: str, port: int, version: str) -> subprocess.CompletedProcess:

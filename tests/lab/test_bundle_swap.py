@@ -17,9 +17,8 @@ ETCD = "files/github.com/etcd-io/etcd/releases/download/v3.4.23/etcd"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
-    with served_bundle.serving_node(f"t{os.getpid()}-bundle-swap", tmp_path_factory.mktemp("swap")) as node:
-        yield node
+def served(serving_node):
+    return serving_node
 
 
 def _tree(container: str) -> str:
