@@ -88,6 +88,8 @@ def served(built: Path, the_lab: lab.Lab, tmp_path_factory: pytest.TempPathFacto
     playbook = tmp_path_factory.mktemp("play") / "serve.yml"
     playbook.write_text(
         "- name: Serve the bundle\n  hosts: bundle_server\n  gather_facts: true\n  roles:\n"
+        # As layer 01's play: the cluster defaults carry the connection's host-key policy (the lab's is strict).
+        "    - role: airgap.kubernetes.cluster_defaults\n"
         "    - role: airgap.kubernetes.bundle_server\n      vars:\n"
         "        bundle_server_bundle_archive: /srv/airgap/bundle.tar.gz\n"
         "        # The lab's hosts share the machine's kernel clock: chrony must not set it.\n"
