@@ -16,16 +16,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 import bundle_fixture  # noqa: E402
 
-IMAGE = "airgap-lab-node:bookworm"
 ETCD = "files/github.com/etcd-io/etcd/releases/download/v3.4.23/etcd"
 PAUSE = "registry.k8s.io/pause:3.10.2"
 BUNDLE_ON_HOST = "/srv/airgap/bundle"
 
+from .served_bundle import IMAGE, changes, docker  # noqa: E402
+
 pytestmark = pytest.mark.lab
-
-
-def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", *args], text=True, capture_output=True, check=check, timeout=300)
 
 
 def _blob(bundle: Path, digest: str) -> Path:
@@ -55,29 +52,23 @@ def tampered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.fixture
 def bundle_host(tampered: tuple[Path, str]) -> str:
     """A lab node with no network at all, the tampered bundle at /srv/airgap/bundle."""
-    if not _docker("images", "-q", IMAGE).stdout.strip():
+    if not docker("images", "-q", IMAGE).stdout.strip():
         pytest.skip(f"{IMAGE} is missing: python3 tools/lab/lab.py image --release bookworm")
     name = f"t{os.getpid()}-bundle-tamper"
-    _docker("rm", "-f", name, check=False)
-    _docker("run", "-d", "--name", name, "--network", "none", "--entrypoint", "sleep", IMAGE, "infinity")
+    docker("rm", "-f", name, check=False)
+    docker("run", "-d", "--name", name, "--network", "none", "--entrypoint", "sleep", IMAGE, "infinity")
     try:
-        _docker("exec", name, "mkdir", "-p", "/srv/airgap")
-        _docker("cp", str(tampered[0]), f"{name}:{BUNDLE_ON_HOST}")
+        docker("exec", name, "mkdir", "-p", "/srv/airgap")
+        docker("cp", str(tampered[0]), f"{name}:{BUNDLE_ON_HOST}")
         yield name
     finally:
-        _docker("rm", "-f", name, check=False)
-
-
-def _changes(container: str) -> set[str]:
-    """Paths changed against the image, without Ansible's own scratch space."""
-    lines = _docker("diff", container).stdout.splitlines()
-    return {line for line in lines if "/.ansible" not in line and not line.endswith((" /root", " /tmp"))}
+        docker("rm", "-f", name, check=False)
 
 
 def test_role_refuses_tampered_file_and_image_by_name_before_changing_the_host(
     bundle_host: str, tampered: tuple[Path, str], tmp_path: Path
 ) -> None:
-    before = _changes(bundle_host)
+    before = changes(bundle_host)
     (tmp_path / "hosts.yml").write_text(json.dumps(
         {"all": {"hosts": {bundle_host: {"ansible_connection": "community.docker.docker",
                                          "ansible_python_interpreter": "/usr/bin/python3"}}}}))
@@ -97,6 +88,6 @@ def test_role_refuses_tampered_file_and_image_by_name_before_changing_the_host(
     assert f"{bundlefmt.REGISTRY_V2}/repositories/shadow: is a symlink to /etc" in out
     assert "docker.io/library/busybox" not in out.split("does not match its manifest", 1)[1].split("Fix:", 1)[0]
     assert "re-copy the bundle, compare with bundle.tar.gz.sha256" in out
-    assert _changes(bundle_host) == before, "the role changed the host before refusing the bundle"
+    assert changes(bundle_host) == before, "the role changed the host before refusing the bundle"
     for path in ("/etc/apt/sources.list.d/airgap-bundle.sources", "/etc/airgap-kubernetes", "/etc/docker/registry"):
-        assert _docker("exec", bundle_host, "test", "-e", path, check=False).returncode != 0, path
+        assert docker("exec", bundle_host, "test", "-e", path, check=False).returncode != 0, path
