@@ -6,6 +6,7 @@ survives a stopped control plane, and takes a changed API server flag one contro
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import re
@@ -99,6 +100,16 @@ def wait_for(what: str, probe, timeout: float = 180, every: float = 3):
     raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
 
 
+def lock_free(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
+
+
 @pytest.fixture(scope="module")
 def deployed(prepared):
     """The whole deploy, first killed in 01 and then resumed: what every later test uses."""
@@ -115,6 +126,12 @@ def deployed(prepared):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = proc.stdout.read()
+    # The playbook runs in a process group of its own and keeps the inventory's lock after run.sh dies, so no second
+    # run starts beside it: kill it too, as the controller crashing would, and wait until the lock is free.
+    lock = prepared.inventory.parent / ".airgap" / "lock"
+    os.killpg(int(re.search(r"ansible-playbook pid (\d+)", lock.read_text())[1]), signal.SIGKILL)
+    wait_for("the inventory's lock free once the killed playbook's processes are gone", lambda: lock_free(lock),
+             timeout=120, every=1)
     steps = subprocess.run([str(REPO / "run.sh"), "steps", "-i", str(prepared.inventory)], cwd=REPO, text=True,
                            capture_output=True, env={**os.environ, "NO_COLOR": "1"})
     # What a dpkg run cut off by the kill leaves behind: its journal. apt refuses to work until it is finished.
