@@ -417,6 +417,9 @@ def playbook_argv(run: Run, step: str, ansible_playbook: str) -> list[str]:
         argv += ["-e", "@" + str(Path(item[1:]).resolve()) if item.startswith("@") else item]
     if run.targets:
         argv += ["-e", "airgap_target_nodes=" + ",".join(run.targets)]
+    if run.command == "add-node":
+        # Every layer runs on the new nodes alone; localhost for the plays that check the inventory.
+        argv += ["--limit", ",".join(run.targets) + ",localhost"]
     if run.bundle_manifest is not None:
         # Layer 00 checks against it that the bundle carries what the inventory asks for, before any host changes.
         argv += ["-e", "airgap_bundle_manifest=" + str(run.bundle_manifest)]

@@ -1,7 +1,7 @@
 """Filter plugin: inventory_problems, the shape checks run before any host is touched."""
 from __future__ import annotations
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils.inventory_checks import inventory_problems
+from ansible_collections.airgap.kubernetes.plugins.module_utils.inventory_checks import inventory_problems, target_problems
 
 DOCUMENTATION = r"""
 name: inventory_problems
@@ -49,8 +49,15 @@ def _inventory_problems(groups, hostvars, allow_even_etcd=False):
     return inventory_problems(groups, plain, allow_even_etcd)
 
 
+def _target_problems(targets, command, groups):
+    """The nodes a day-2 command names: in the inventory, in k8s_cluster, of a kind the command handles."""
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.replace(":", ",").split(",") if t.strip()]
+    return target_problems(command, list(targets), groups)
+
+
 class FilterModule:
     """Inventory checks."""
 
     def filters(self):
-        return {"inventory_problems": _inventory_problems}
+        return {"inventory_problems": _inventory_problems, "target_problems": _target_problems}

@@ -81,3 +81,36 @@ def _host_key_problems(host: str, hostvars: Mapping[str, object]) -> list[str]:
         problems.append(f"host {host}: airgap_ssh_args sets StrictHostKeyChecking, which ssh ignores after "
                         f"airgap_host_key_policy: remove it and set airgap_host_key_policy: strict (or accept-new)")
     return problems
+
+
+def target_problems(command: str, targets: Iterable[str], groups: Mapping[str, Iterable[str]]) -> list[str]:
+    """What is wrong with the nodes a day-2 command names (add-node's --limit, remove-node's list), one line each."""
+    groups = {name: list(members) for name, members in groups.items()}
+    targets = [t for t in targets if t != "localhost"]
+    if not targets:
+        return [f"{command} needs the nodes it acts on: ./run.sh {command} node5 (or ansible-playbook "
+                f"--limit node5 with the playbook)"]
+    problems = []
+    unknown = [t for t in targets if t not in groups.get("all", [])]
+    if unknown:
+        problems.append(f"{', '.join(unknown)} not in the inventory: add {'them' if len(unknown) > 1 else 'it'} "
+                        f"to kube_node there first")
+    known = [t for t in targets if t not in unknown]
+    outside = [t for t in known if t not in groups.get("k8s_cluster", [])]
+    if outside:
+        problems.append(f"{', '.join(outside)} not in k8s_cluster: put {'them' if len(outside) > 1 else 'it'} "
+                        f"in kube_node (a worker) in the inventory")
+    for group, why in (("bundle_server", "the bundle server is not a Kubernetes node"),):
+        hit = [t for t in known if t in groups.get(group, [])]
+        if hit:
+            problems.append(f"{', '.join(hit)} in {group}: {why}; use another host")
+    if command == "add-node":
+        hit = [t for t in known if t in groups.get("etcd", [])]
+        if hit:
+            problems.append(f"{', '.join(hit)} in etcd: add-node adds workers and control planes in this version, not "
+                            f"etcd members; take {'them' if len(hit) > 1 else 'it'} out of the etcd group")
+    remaining = [t for t in groups.get("all", []) if t not in targets]
+    if command == "add-node" and not any(t in groups.get("kube_control_plane", []) for t in remaining):
+        problems.append("no existing control plane outside the new nodes: deploy the cluster first "
+                        "(./run.sh deploy-cluster)")
+    return problems
