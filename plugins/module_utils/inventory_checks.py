@@ -1,6 +1,7 @@
 """Checks an inventory's shape before any host is touched; every problem names itself and its fix."""
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any, Iterable, Mapping
 
@@ -8,6 +9,9 @@ REQUIRED_GROUPS = ("kube_control_plane", "etcd", "k8s_cluster", "bundle_server")
 # Groups a host may belong to; a host in none of them has no job and is almost always a typo.
 ROLE_GROUPS = ("kube_control_plane", "kube_node", "etcd", "bundle_server", "bastion")
 HOST_KEY_POLICIES = ("accept-new", "strict")
+# A Kubernetes node name (and an etcd member's): an RFC 1123 DNS subdomain, in lower case.
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+NODE_NAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 
 
 def node_address(host: str, hostvars: Mapping[str, Mapping[str, Any]]) -> Any:
@@ -51,6 +55,11 @@ def inventory_problems(groups: Mapping[str, Iterable[str]], hostvars: Mapping[st
         if outside:
             problems.append(f"{', '.join(outside)} in {name} but not in k8s_cluster: "
                             f"make {name} a child of k8s_cluster")
+    for host in sorted(set(groups.get("k8s_cluster", [])) | set(groups.get("etcd", []))):
+        if len(host) > 253 or not NODE_NAME.match(host):
+            fixed = re.sub(r"[^a-z0-9.-]+", "-", host.lower()).strip("-.") or "node1"
+            problems.append(f"host {host} is not a valid node name (RFC 1123: lower-case letters, digits, '-' and '.', "
+                            f"starting and ending with a letter or digit): rename it in the inventory, e.g. {fixed}")
     placed = {h for g in ROLE_GROUPS for h in groups.get(g, [])}
     for host in sorted(set(groups.get("all", [])) - placed - {"localhost"}):
         problems.append(f"host {host} is in no group ({', '.join(ROLE_GROUPS)}): add it to one, or delete it")
@@ -96,7 +105,7 @@ def target_problems(command: str, targets: Iterable[str], groups: Mapping[str, I
         problems.append(f"{', '.join(unknown)} not in the inventory: add {'them' if len(unknown) > 1 else 'it'} "
                         f"to kube_node there first")
     known = [t for t in targets if t not in unknown]
-    outside = [t for t in known if t not in groups.get("k8s_cluster", [])]
+    outside = [t for t in known if t not in groups.get("k8s_cluster", []) and t not in groups.get("etcd", [])]
     if outside:
         problems.append(f"{', '.join(outside)} not in k8s_cluster: put {'them' if len(outside) > 1 else 'it'} "
                         f"in kube_node (a worker) in the inventory")
@@ -104,11 +113,14 @@ def target_problems(command: str, targets: Iterable[str], groups: Mapping[str, I
         hit = [t for t in known if t in groups.get(group, [])]
         if hit:
             problems.append(f"{', '.join(hit)} in {group}: {why}; use another host")
-    if command == "add-node":
-        hit = [t for t in known if t in groups.get("etcd", [])]
-        if hit:
-            problems.append(f"{', '.join(hit)} in etcd: add-node adds workers and control planes in this version, not "
-                            f"etcd members; take {'them' if len(hit) > 1 else 'it'} out of the etcd group")
+    etcd = groups.get("etcd", [])
+    new_members = [t for t in known if t in etcd]
+    if command == "add-node" and len(new_members) > 1:
+        problems.append(f"{', '.join(new_members)} are all new etcd members: etcd takes one new member at a time; "
+                        f"add-node {new_members[0]} first, then the next")
+    if command == "add-node" and new_members and etcd and etcd[0] in new_members:
+        problems.append(f"{etcd[0]} is new and first in the etcd group, which makes it the etcd CA's host: list the "
+                        f"existing members first in the etcd group")
     remaining = [t for t in groups.get("all", []) if t not in targets]
     if command == "add-node" and not any(t in groups.get("kube_control_plane", []) for t in remaining):
         problems.append("no existing control plane outside the new nodes: deploy the cluster first "

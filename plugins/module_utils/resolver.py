@@ -697,3 +697,29 @@ def config_keys(catalog: Mapping) -> set:
         by = comp.get("enabled_by") or []
         keys.update([by] if isinstance(by, str) else by)
     return keys
+
+
+def catalog_problems(catalog: Mapping, config: Mapping, arches: Iterable[str], mode: str = "offline",
+                     os_family: str = "debian") -> list[str]:
+    """Every reason the catalog cannot serve the config, for every arch: each enabled artifact is resolved, and each
+    failure is one line (an unknown choice or version, a missing checksum, an unsupported arch). Empty: all good."""
+    problems: list[str] = []
+    try:
+        ctx = _context(catalog, config, mode, os_family)
+    except CatalogError as exc:
+        return [str(exc)]
+    for arch in arches:
+        try:
+            arch = normalize_arch(catalog, arch)
+        except CatalogError as exc:
+            problems.append(str(exc))
+            continue
+        for name, comp in catalog.get("components", {}).items():
+            if not is_enabled(comp, ctx.config):
+                continue
+            try:
+                _resolve_component(ctx, name, arch, True)
+            except CatalogError as exc:
+                if str(exc) not in problems:
+                    problems.append(str(exc))
+    return problems

@@ -135,3 +135,20 @@ def test_a_nodes_address_is_its_inventory_ip_before_its_default_route():
 def test_a_node_without_ip_or_facts_is_named_with_the_fix():
     with pytest.raises(ValueError, match="node9 has no ip in the inventory and no default_ipv4 fact: set ip"):
         node_address("node9", {"node9": {"ansible_facts": {}}})
+
+
+@pytest.mark.parametrize("name, fix", [("Node_1", "node-1"), ("-node", "node"), ("node1.", "node1"),
+                                       ("n" * 254, "n" * 254)])
+def test_a_node_name_that_is_not_rfc_1123_is_refused_with_a_valid_suggestion(name, fix):
+    groups = good_groups(all=["bundle", name, "node2", "node3", "node4"], kube_control_plane=[name],
+                         etcd=[name, "node2", "node3"], k8s_cluster=[name, "node2", "node3", "node4"])
+    problems = inventory_problems(groups, hostvars_for(groups))
+    assert problems == [f"host {name} is not a valid node name (RFC 1123: lower-case letters, digits, '-' and '.', "
+                        f"starting and ending with a letter or digit): rename it in the inventory, e.g. {fix}"]
+
+
+def test_a_dotted_lower_case_node_name_is_valid():
+    groups = good_groups(all=["bundle", "cp1.site.example", "node2", "node3", "node4"],
+                         kube_control_plane=["cp1.site.example"], etcd=["cp1.site.example", "node2", "node3"],
+                         k8s_cluster=["cp1.site.example", "node2", "node3", "node4"])
+    assert inventory_problems(groups, hostvars_for(groups)) == []
