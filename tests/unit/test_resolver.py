@@ -680,3 +680,25 @@ def test_a_malformed_unpack_member_is_named_with_the_fix(member, problem):
     overlay = {"components": {"etcd": {"unpack": {"members": [member]}}}}
     message = error(r.resolve_one, r.apply_overlays(CATALOG, [overlay]), config(), "etcd", "amd64")
     assert message.startswith("etcd.unpack.members") and problem in message
+
+
+# ----------------------------------------------------------------------------- every problem at once (layer 00)
+
+def test_catalog_problems_is_empty_for_the_default_config_on_every_arch():
+    assert r.catalog_problems(CATALOG, config(), ARCHES) == []
+
+
+def test_catalog_problems_names_an_unknown_choice_once():
+    assert r.catalog_problems(CATALOG, config(kube_network_plugin="weave"), ARCHES) == [
+        "kube_network_plugin 'weave' is not supported: pick one of calico, cilium, flannel, bridge"]
+
+
+def test_catalog_problems_lists_every_artifact_without_a_checksum():
+    problems = r.catalog_problems(WITH_LAB, config(kube_version="v1.20.9"), ["amd64"])
+    assert {p.split(" for ")[1].split(" ")[0] for p in problems} >= {"kubeadm/amd64", "kubelet/amd64", "kubectl/amd64"}
+    assert all(" has no sha256 for " in p for p in problems), problems
+
+
+def test_catalog_problems_names_an_unknown_arch_and_still_checks_the_others():
+    problems = r.catalog_problems(CATALOG, config(), ["amd64", "mips"])
+    assert len(problems) == 1 and "mips" in problems[0]
