@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bundle", help="unpacked bundle directory; its manifest.json is part of the fingerprint")
     parser.add_argument("--from", dest="from_step", metavar="STEP", help="rerun from STEP (exact name) to the end")
     parser.add_argument("--only", dest="only_step", metavar="STEP", help="run only STEP (exact name)")
+    parser.add_argument("--force", action="store_true",
+                        help="remove-node: remove dead nodes from the cluster and etcd without reaching them")
+    parser.add_argument("--yes", action="store_true", help="remove-cluster: do not ask for confirmation")
+    parser.add_argument("--with-bundle-server", action="store_true",
+                        help="remove-cluster: also reset the bundle server (it is kept by default)")
     parser.add_argument("--nodes", dest="demo_nodes", type=int, default=DEMO_NODES,
                         help=f"demo: lab node count (default {DEMO_NODES}; from 4 on, 3 of them are control planes)")
     parser.add_argument("--release", default="bookworm", choices=["bookworm", "trixie"],
@@ -91,10 +96,40 @@ def _bundle_manifest(arg: Optional[str]) -> Optional[Path]:
     return manifest
 
 
+def _switches(args: argparse.Namespace, command: str) -> tuple[str, ...]:
+    """The flags of the day-2 commands, as extra vars: part of the step's fingerprint like any other input."""
+    wrong = [flag for flag, value, owner in (("--force", args.force, "remove-node"), ("--yes", args.yes, "remove-cluster"),
+                                             ("--with-bundle-server", args.with_bundle_server, "remove-cluster"))
+             if value and command != owner]
+    if wrong:
+        raise steps.StepError(f"{', '.join(wrong)} do(es) not apply to {command}")
+    out = []
+    if args.force:
+        out.append("remove_node_force=true")
+    if args.with_bundle_server:
+        out.append("remove_cluster_with_bundle_server=true")
+    return tuple(out)
+
+
+def confirm_removal(inventory: Path, yes: bool, stdin=sys.stdin, out=sys.stdout) -> None:
+    """remove-cluster asks on a terminal; without one it needs --yes."""
+    if yes:
+        return
+    if not stdin.isatty():
+        raise steps.StepError("remove-cluster removes the cluster from every host: pass --yes to confirm "
+                              "when no terminal can ask")
+    out.write(f"remove-cluster resets every node of {inventory}: Kubernetes, etcd (its data too), the runtime and "
+              f"what layer 01 installed. Type 'yes' to go on: ")
+    out.flush()
+    if stdin.readline().strip() != "yes":
+        raise steps.StepError("remove-cluster not confirmed: nothing was changed")
+
+
 def _make_run(args: argparse.Namespace, command: str, inventory: Path) -> steps.Run:
     return steps.Run(command=command, inventory=inventory, repo=REPO,
                      targets=_targets(command, args.nodes, inventory),
-                     extra_vars=tuple(args.extra_vars), bundle_manifest=_bundle_manifest(args.bundle))
+                     extra_vars=tuple(args.extra_vars) + _switches(args, command),
+                     bundle_manifest=_bundle_manifest(args.bundle))
 
 
 def _print_kubeconfig(run: steps.Run) -> None:
@@ -159,6 +194,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             steps.describe(inventory)
             return 0
         run = _make_run(args, args.command, inventory)
+        if args.command == "remove-cluster":
+            confirm_removal(inventory, args.yes)
         # deploy-cluster deploys the layers this version has, then names the first missing one (exit 3);
         # the other commands refuse to start when a playbook they need is missing.
         code = steps.execute(run, args.from_step, args.only_step, _tool("ansible-playbook"),

@@ -47,8 +47,18 @@ def _node_address(host, hostvars):
         raise AnsibleFilterError(f"node_address: {exc}") from None
 
 
+def _etcd_member_address(host, hostvars):
+    """The address an etcd member serves on: the one its etcd play recorded, else its inventory etcd_address, else
+    its node address. Under --limit (add-node) the other members ran no play, and only the last two rules apply."""
+    own = hostvars[str(host)]
+    for name in ("etcd_member_address", "etcd_address"):
+        if own.get(name):
+            return own[name]
+    return _node_address(host, hostvars)
+
+
 class FilterModule:
-    """The cluster address of a host."""
+    """The cluster address of a host, and of an etcd member (documented in etcd_member_address.yml)."""
 
     def filters(self):
-        return {"node_address": _node_address}
+        return {"node_address": _node_address, "etcd_member_address": _etcd_member_address}
