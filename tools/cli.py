@@ -98,9 +98,9 @@ def _bundle_manifest(arg: Optional[str]) -> Optional[Path]:
 
 def _switches(args: argparse.Namespace, command: str) -> tuple[str, ...]:
     """The flags of the day-2 commands, as extra vars: part of the step's fingerprint like any other input."""
-    wrong = [flag for flag, value, owner in (("--force", args.force, "remove-node"), ("--yes", args.yes, "remove-cluster"),
-                                             ("--with-bundle-server", args.with_bundle_server, "remove-cluster"))
-             if value and command != owner]
+    flags = (("--force", args.force, "remove-node"), ("--yes", args.yes, "remove-cluster"),
+             ("--with-bundle-server", args.with_bundle_server, "remove-cluster"))
+    wrong = [flag for flag, value, owner in flags if value and command != owner]
     if wrong:
         raise steps.StepError(f"{', '.join(wrong)} do(es) not apply to {command}")
     out = []
@@ -118,8 +118,8 @@ def confirm_removal(inventory: Path, yes: bool, stdin=sys.stdin, out=sys.stdout)
     if not stdin.isatty():
         raise steps.StepError("remove-cluster removes the cluster from every host: pass --yes to confirm "
                               "when no terminal can ask")
-    out.write(f"remove-cluster resets every node of {inventory}: Kubernetes, etcd (its data too), the runtime and "
-              f"what layer 01 installed. Type 'yes' to go on: ")
+    out.write(f"remove-cluster resets every node of {inventory}: Kubernetes, etcd (its data and snapshots too), "
+              f"the runtime and what layer 01 installed. Type 'yes' to go on: ")
     out.flush()
     if stdin.readline().strip() != "yes":
         raise steps.StepError("remove-cluster not confirmed: nothing was changed")

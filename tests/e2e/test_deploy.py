@@ -12,6 +12,10 @@ import pytest
 import yaml
 
 from ansible_collections.airgap.kubernetes.tools import steps
+from ansible_collections.airgap.kubernetes.tools.lab import lab as lablib
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import node_state as node_states  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 LAB = [sys.executable, str(REPO / "tools" / "lab" / "lab.py")]
@@ -151,30 +155,76 @@ def _control_plane_outside_k8s_cluster(data):
     data["all"]["children"]["k8s_cluster"]["children"].pop("kube_control_plane")
 
 
-@pytest.mark.parametrize("name, change, expected", [
-    ("even", _even_etcd, "etcd has 2 members (node1, node2)"),
-    ("stray", _stray_host, "host node9 is in no group ("),
-    ("duplicate", _duplicate_address, "hosts node2, node3 share the address {node2}"),
-    ("no-control-plane", _no_control_plane, "group kube_control_plane is empty or missing"),
-    ("cp-outside", _control_plane_outside_k8s_cluster, "in kube_control_plane but not in k8s_cluster"),
-])
-def test_a_bad_inventory_fails_before_any_host_is_contacted(lab, name, change, expected):
-    inventory = derived_inventory(lab, f"inventory-{name}", change)
-    proc = run_sh("deploy-cluster", "--only", "00-ssh", inventory=inventory)
+def _bad_node_name(data):
+    data["all"]["hosts"]["Node_4"] = {"ansible_host": "172.30.255.4"}
+    data["all"]["children"]["kube_node"]["hosts"]["Node_4"] = {}
+
+
+def _two_bundle_servers(data):
+    data["all"]["children"]["bundle_server"]["hosts"]["node3"] = {}
+
+
+def _lax_host_keys(data):
+    data["all"]["hosts"]["node2"]["airgap_host_key_policy"] = "lax"
+
+
+def _strict_in_ssh_args(data):
+    data["all"]["hosts"]["node2"]["airgap_ssh_args"] = "-o StrictHostKeyChecking=no"
+
+
+def _no_bundle_server(data):
+    data["all"]["children"]["bundle_server"] = {"hosts": {}}
+
+
+# Each broken input, as an inventory change or extra vars, and a line its report must hold. The first ones fail
+# before any host is contacted; the last ones are found by layer 00's read-only probe of the hosts.
+BROKEN = [
+    ("even-etcd", _even_etcd, [], "etcd has 2 members (node1, node2)"),
+    ("stray-host", _stray_host, [], "host node9 is in no group ("),
+    ("duplicate-address", _duplicate_address, [], "hosts node2, node3 share the address {node2}"),
+    ("no-control-plane", _no_control_plane, [], "group kube_control_plane is empty or missing"),
+    ("cp-outside", _control_plane_outside_k8s_cluster, [], "in kube_control_plane but not in k8s_cluster"),
+    ("bad-node-name", _bad_node_name, [], "host Node_4 is not a valid node name (RFC 1123"),
+    ("two-bundle-servers", _two_bundle_servers, [], "bundle_server has 2 hosts: it takes exactly one"),
+    ("no-bundle-server", _no_bundle_server, [], "group bundle_server is empty or missing"),
+    ("lax-host-keys", _lax_host_keys, [], "airgap_host_key_policy 'lax' is not a host-key policy"),
+    ("strict-in-ssh-args", _strict_in_ssh_args, [], "airgap_ssh_args sets StrictHostKeyChecking"),
+    ("pods-over-services", None, ["-e", "kube_pods_subnet=10.233.0.0/16"],
+     "kube_pods_subnet 10.233.0.0/16 overlaps kube_service_addresses"),
+    ("pods-over-nodes", None, ["-e", "kube_pods_subnet=172.30.0.0/16"],
+     "kube_pods_subnet 172.30.0.0/16 holds node1's address"),
+    ("cert-validity", None, ["-e", "kube_cert_validity_hours=0"], "kube_cert_validity_hours must be positive, not 0"),
+    ("unknown-cni", None, ["-e", "kube_network_plugin=weave"], "kube_network_plugin 'weave' is not supported"),
+    ("no-checksum", None, ["-e", "kube_version=v1.36.99"], "kube_version v1.36.99 has no sha256 for kubeadm/amd64"),
+    ("memory", None, ["-e", '{"airgap_min_memory_mb": {"kube_node": 99999999}}'],
+     "MiB of memory, its role needs 99999999 MiB"),
+    ("disk", None, ["-e", "airgap_min_free_disk_mb=99999999"], "MiB free on /var, it needs 99999999 MiB"),
+]
+PROBED = {"memory", "disk"}
+
+
+@pytest.fixture(scope="module")
+def pristine(lab):
+    """Each node's files, units, mounts and iptables rules before any broken run."""
+    return {h: node_state(h) for h in ("node1", "node2", "node3")}
+
+
+def node_state(host: str) -> dict:
+    return node_states.node_state(lablib.load(NAME).ssh_args(host))
+
+
+@pytest.mark.parametrize("name, change, extra, expected", BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_input_is_refused_with_every_problem_named_before_any_host_changes(lab, pristine, name, change,
+                                                                                  extra, expected):
+    inventory = derived_inventory(lab, f"inventory-{name}", change) if change else lab
+    proc = run_sh("deploy-cluster", *extra, inventory=inventory)
     assert proc.returncode != 0
     assert expected.format(node2=hosts_of(lab)["node2"]["ansible_host"]) in proc.stdout
-    assert "Open an SSH session" not in proc.stdout
-
-
-@pytest.mark.parametrize("extra, expected", [
-    (["-e", "kube_pods_subnet=10.233.0.0/16"], "kube_pods_subnet 10.233.0.0/16 overlaps kube_service_addresses"),
-    (["-e", "kube_pods_subnet=172.30.0.0/16"], "kube_pods_subnet 172.30.0.0/16 holds node1's address"),
-    (["-e", "kube_cert_validity_hours=0"], "kube_cert_validity_hours must be positive, not 0"),
-])
-def test_bad_cluster_settings_fail_before_any_host_is_contacted(lab, extra, expected):
-    proc = run_sh("deploy-cluster", "--only", "00-ssh", *extra, inventory=lab)
-    assert proc.returncode != 0 and expected in proc.stdout
-    assert "Open an SSH session" not in proc.stdout
+    assert "== 00-ssh failed" in proc.stdout and "== run 01-bootstrap-os" not in proc.stdout
+    if name not in PROBED:
+        assert "Open an SSH session" not in proc.stdout, "a host was contacted"
+    for host, before in pristine.items():
+        assert node_states.differences(before, node_state(host)) == {}, f"{name} changed {host}"
 
 
 def test_a_kube_version_the_bundle_lacks_fails_before_any_host_is_contacted(lab, tmp_path):

@@ -2,7 +2,10 @@
 members) and 2 workers, with no route out, from a bundle built by `run.sh build-bundle`. The lab runs the real
 Kubernetes v1.20.2 (built from Debian's source package). A run killed in 01 resumes there; a rerun skips every
 step; a second full run changes nothing; the cluster works (pods, Services, NodePorts, Secrets encrypted in etcd),
-survives a stopped control plane, and takes a changed API server flag one control plane at a time."""
+survives a stopped control plane, and takes a changed API server flag one control plane at a time. Then the day-2
+commands on the same cluster: add-node of a spare worker (node6, left out of the first deploy), remove-node of a
+worker, of a control plane that is an etcd member, and (--force) of a stopped node, and remove-cluster, which must
+leave every node as it was before the deploy."""
 from __future__ import annotations
 
 import base64
@@ -12,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +25,9 @@ import yaml
 
 from ansible_collections.airgap.kubernetes.tools.lab import cluster, upstream
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import node_state as node_states  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 NAME = "e2e-k8s"
 LAYERS = ("00-ssh", "01-bootstrap-os", "02-etcd", "03-control-plane", "04-network")
@@ -29,6 +36,7 @@ WORKERS = ("node4", "node5")
 # What deploy-cluster prints when it reaches the first layer this version does not have yet.
 NOT_YET = "== stop at 05-apps"
 PYTHONLESS = "node5"
+SPARE = "node6"
 BUSYBOX = "docker.io/library/busybox:1.35.0"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
@@ -39,16 +47,31 @@ def prepared():
     """5 nodes (node1-3 control planes and etcd, node4-5 workers) + bundle host on an --internal network."""
     cluster.lab.down(NAME)
     try:
-        ready = cluster.prepare(NAME, nodes=5, control_planes=3)
+        ready = cluster.prepare(NAME, nodes=6, control_planes=3)
+        # node6 is the spare that add-node adds later: out of the inventory for the deploy.
+        data = yaml.safe_load(ready.inventory.read_text())
+        spare = data["all"]["hosts"].pop(SPARE)
+        del data["all"]["children"]["kube_node"]["hosts"][SPARE]
+        ready.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        (ready.inventory.parent / "spare.yml").write_text(yaml.safe_dump(spare))
         # node5 starts like a minimal image without python3: layer 01 must bring it from the bundle.
         purge = ready.lab.ssh_args(PYTHONLESS) + [
             "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "
             "$(dpkg-query -W -f '${Package}\\n' 'python3*' 'libpython3*') && ! command -v python3"]
         subprocess.run(purge, check=True, capture_output=True, timeout=300)
+        # Each node as it is before the deploy, for remove-cluster to be compared with.
+        BEFORE.update({h: node_state(ready, h) for h in CONTROL_PLANES + WORKERS + (SPARE,)})
         print(f"\nprepared in {', '.join(f'{k} {v:.1f} s' for k, v in ready.seconds.items())}")
         yield ready
     finally:
         cluster.lab.down(NAME)
+
+
+BEFORE: dict[str, dict[str, list[str]]] = {}
+
+
+def node_state(prepared, host: str) -> dict[str, list[str]]:
+    return node_states.node_state(prepared.lab.ssh_args(host))
 
 
 def deploy_argv(prepared, *extra: str) -> list[str]:
@@ -388,3 +411,184 @@ def test_a_changed_apiserver_flag_is_rolled_one_control_plane_at_a_time_and_the_
         assert "--default-not-ready-toleration-seconds=120" in manifest, host
     print(f"API probes through node4's balancer during the roll: {probes[0]}, failed: {len(failures)}")
     assert failures == [], failures
+
+
+# --------------------------------------------------------------------------- day 2, on the same cluster
+
+def run_sh(prepared, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    t0 = time.monotonic()
+    proc = subprocess.run([str(REPO / "run.sh"), *args, "-i", str(prepared.inventory)], cwd=REPO, text=True,
+                          capture_output=True, env={**os.environ, "NO_COLOR": "1"}, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    print(f"run.sh {' '.join(args)}: exit {proc.returncode} in {time.monotonic() - t0:.1f} s")
+    return proc
+
+
+def edit_inventory(prepared, change) -> None:
+    data = yaml.safe_load(prepared.inventory.read_text())
+    change(data)
+    prepared.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def drop_from_inventory(prepared, host: str) -> None:
+    def drop(data):
+        data["all"]["hosts"].pop(host)
+        for group in data["all"]["children"].values():
+            (group.get("hosts") or {}).pop(host, None)
+    edit_inventory(prepared, drop)
+
+
+SERVICES = ("kubelet", "containerd", "haproxy", "airgap-pod-network", "etcd")
+
+
+def start_times(prepared, host: str) -> str:
+    """When each of our services last started (monotonic): a restart changes it."""
+    return ssh(prepared, host, "systemctl show -p Id -p ActiveEnterTimestampMonotonic " + " ".join(SERVICES)).stdout
+
+
+def node_ready(prepared, name: str) -> bool:
+    return '"True"' in kubectl(prepared, "get", "node", name, "-o",
+                               "jsonpath=\"{.status.conditions[?(@.type=='Ready')].status}\"", check=False).stdout
+
+
+@pytest.fixture(scope="module")
+def added(prepared, deployed):
+    existing = CONTROL_PLANES + WORKERS
+    before = {h: start_times(prepared, h) for h in existing}
+    spare = yaml.safe_load((prepared.inventory.parent / "spare.yml").read_text())
+
+    def add(data):
+        data["all"]["hosts"][SPARE] = spare
+        data["all"]["children"]["kube_node"]["hosts"][SPARE] = {}
+    edit_inventory(prepared, add)
+    t0 = time.monotonic()
+    proc = run_sh(prepared, "add-node", SPARE)
+    seconds = time.monotonic() - t0
+    return {"proc": proc, "seconds": seconds, "before": before,
+            "after": {h: start_times(prepared, h) for h in existing}}
+
+
+def test_add_node_makes_the_new_worker_ready(prepared, added):
+    assert added["proc"].returncode == 0, added["proc"].stdout[-4000:]
+    assert node_ready(prepared, SPARE)
+    print(f"add-node {SPARE} with 5 existing nodes: {added['seconds']:.1f} s")
+
+
+def test_add_node_runs_no_task_on_the_existing_nodes_and_restarts_nothing(prepared, added):
+    hosts = cluster.play_recap(log_of(prepared, "scale-nodes"))
+    assert set(hosts) <= {SPARE, "localhost"} and hosts[SPARE]["failed"] == 0, hosts
+    assert added["after"] == added["before"]
+
+
+def test_a_pod_on_the_new_worker_reaches_and_is_reached_from_the_other_workers_pods(prepared, added, workload):
+    overrides = json.dumps({"spec": {"nodeName": SPARE}})
+    kubectl(prepared, "run", "e2e-on-spare", f"--image={BUSYBOX}", "--restart=Never", f"--overrides={overrides}",
+            "--", "sh", "-c", 'echo spare > /tmp/index.html && exec httpd -f -p 8080 -h /tmp')
+    kubectl(prepared, "wait", "--for=condition=Ready", "pod/e2e-on-spare", "--timeout=180s", timeout=200)
+    ip = kubectl(prepared, "get", "pod", "e2e-on-spare", "-o", "jsonpath={.status.podIP}").stdout.strip()
+    # node4's route to the new node's pods came from the Node object, not from a task on node4.
+    wait_for("a workload pod on node4 reaches the pod on the new worker",
+             lambda: http_get(prepared, [p for p in workload if p["node"] == "node4"][0]["name"], ip, 8080) == "spare",
+             timeout=60)
+
+
+def test_remove_node_drains_deletes_and_resets_a_worker(prepared, added):
+    proc = run_sh(prepared, "remove-node", SPARE)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert f"delete {SPARE} from it" in proc.stdout
+    assert "NotFound" in kubectl(prepared, "get", "node", SPARE, check=False).stderr
+    leftover = ssh(prepared, SPARE, "ls -d /etc/kubernetes /var/lib/kubelet /etc/containerd 2>/dev/null; "
+                                    "systemctl list-unit-files --no-legend kubelet.service containerd.service")
+    assert leftover.stdout.strip() == "", leftover.stdout
+    route_gone = "ip -4 route show proto 211 | wc -l"
+    wait_for("node4's route to the removed node's pods gone",
+             lambda: ssh(prepared, "node4", route_gone).stdout.strip() == str(len(CONTROL_PLANES + WORKERS) - 1),
+             timeout=60)
+    drop_from_inventory(prepared, SPARE)
+
+
+def test_removing_every_control_plane_is_refused_before_anything_changes(prepared, added):
+    proc = run_sh(prepared, "remove-node", ",".join(CONTROL_PLANES))
+    assert proc.returncode != 0
+    assert "leaves no control plane" in proc.stdout and "leaves no etcd member" in proc.stdout, proc.stdout[-3000:]
+    assert len(kubectl(prepared, "get", "nodes", "-o", "name").stdout.split()) == len(CONTROL_PLANES + WORKERS)
+
+
+def etcd_members(prepared, via: str = "node1") -> tuple[list, str]:
+    env = "set -a; . /etc/etcd/etcdctl.env; set +a; "
+    members = json.loads(ssh(prepared, via, env + "etcdctl member list -w json").stdout)["members"]
+    health = ssh(prepared, via, env + "etcdctl endpoint health --cluster 2>&1")
+    return sorted(m["name"] for m in members), health.stdout
+
+
+def lb_servers(prepared, host: str) -> dict[str, str]:
+    """{server: haproxy's operational state} from the node's balancer (2: up)."""
+    script = ("import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/haproxy-apiserver.sock'); "
+              "s.sendall(b'show servers state\\n'); print(s.makefile().read())")
+    out = ssh(prepared, host, f'python3 -c "{script}"').stdout
+    return {f[3]: f[5] for f in (line.split() for line in out.splitlines()) if len(f) > 5 and f[1] == "kube_apiserver"}
+
+
+def test_remove_node_of_a_control_plane_removes_its_etcd_member_and_the_cluster_stays_healthy(prepared, added):
+    lb_started = start_times(prepared, "node4")
+    proc = run_sh(prepared, "remove-node", "node3")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    names, health = etcd_members(prepared)
+    assert names == ["node1", "node2"] and health.count("is healthy") == 2, health
+    assert "NotFound" in kubectl(prepared, "get", "node", "node3", check=False).stderr
+    assert kubectl(prepared, "get", "--raw", "/livez").stdout.strip() == "ok"
+    assert worker_kubectl(prepared, "get nodes -o name").returncode == 0
+    assert ssh(prepared, "node3", "ls /var/lib/etcd /etc/kubernetes 2>/dev/null | wc -l").stdout.strip() == "0"
+    # The other nodes' balancers dropped it with a reload: haproxy did not restart.
+    assert set(lb_servers(prepared, "node4")) == {"node1", "node2"}
+    assert start_times(prepared, "node4") == lb_started
+
+
+def test_add_node_of_a_control_plane_and_etcd_member_serves_the_api_through_every_nodes_balancer(prepared, added):
+    """node3, reset by remove-node, comes back with add-node as a control plane and an etcd member."""
+    existing = ("node1", "node2", "node4", "node5")
+    before = {h: start_times(prepared, h) for h in existing}
+    t0 = time.monotonic()
+    proc = run_sh(prepared, "add-node", "node3")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    print(f"add-node of a control plane and etcd member: {time.monotonic() - t0:.1f} s")
+    assert node_ready(prepared, "node3")
+    names, health = etcd_members(prepared)
+    assert names == ["node1", "node2", "node3"] and health.count("is healthy") == 3, health
+    for host in existing:
+        wait_for(f"{host}'s balancer sees node3's API server up",
+                 lambda: lb_servers(prepared, host).get("node3") == "2", timeout=90)
+    # A reload is all the existing nodes got: no service of theirs restarted.
+    assert {h: start_times(prepared, h) for h in existing} == before
+
+
+def test_remove_node_force_takes_a_stopped_node_out_of_the_cluster(prepared, added):
+    container = prepared.lab.host("node5").container
+    subprocess.run(["docker", "stop", "-t", "5", container], check=True, capture_output=True)
+    try:
+        proc = run_sh(prepared, "remove-node", "node5", "--force")
+        assert proc.returncode == 0, proc.stdout[-4000:]
+        assert "NotFound" in kubectl(prepared, "get", "node", "node5", check=False).stderr
+        assert "hosts were not reset" in proc.stdout
+    finally:
+        subprocess.run(["docker", "start", container], check=True, capture_output=True)
+    wait_for("node5's SSH back", lambda: ssh(prepared, "node5", "true").returncode == 0, timeout=120)
+    # Back up, the node is reset by the same command without --force: nothing is left to remove in the cluster.
+    proc = run_sh(prepared, "remove-node", "node5")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    drop_from_inventory(prepared, "node5")
+
+
+def test_remove_cluster_leaves_every_node_as_it_was_before_the_deploy(prepared, added):
+    proc = run_sh(prepared, "remove-cluster", "--yes")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "step file cleared" in proc.stdout
+    diffs = {host: node_states.differences(before, node_state(prepared, host)) for host, before in BEFORE.items()}
+    assert {h: d for h, d in diffs.items() if d} == {}
+
+
+def test_a_second_remove_cluster_changes_nothing(prepared, added):
+    proc = run_sh(prepared, "remove-cluster", "--yes")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    hosts = cluster.play_recap(log_of(prepared, "remove-cluster"))
+    assert hosts and all(c["changed"] == 0 and c["failed"] == 0 for c in hosts.values()), hosts

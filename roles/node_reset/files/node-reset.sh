@@ -180,8 +180,9 @@ our_units() {
 remove_units() {
     local u f removed=0
     for u in $(our_units); do
+        # A Persistent= timer's stamp is systemd's record of its last run.
         for f in "/etc/systemd/system/$u" "/etc/systemd/system/$u.d" /etc/systemd/system/*.wants/"$u" \
-            /etc/systemd/system/*.requires/"$u"; do
+            /etc/systemd/system/*.requires/"$u" "/var/lib/systemd/timers/stamp-$u"; do
             [ -e "$f" ] || [ -L "$f" ] || continue
             rm -rf -- "$f" && changed "removed $f" && removed=1
         done
@@ -286,6 +287,13 @@ unmount_runtime() {
     local d ns n=0
     for d in "$NR_KUBELET_DIR" "$NR_CONTAINERD_STATE_DIR" "$NR_CONTAINERD_ROOT_DIR"; do
         [ -d "$d" ] && unmount_below "$d"
+    done
+    # Where the root mount is not shared (a container), the kubelet bind-mounts its directory onto itself to make it
+    # shared: that mount is the kubelet's (its mountinfo root is the directory itself), not the host's.
+    while awk -v p="$NR_KUBELET_DIR" '$5 == p && $4 == p {f = 1} END {exit !f}' /proc/self/mountinfo &&
+        ! in_fstab "$NR_KUBELET_DIR"; do
+        umount "$NR_KUBELET_DIR" 2>/dev/null || umount -l "$NR_KUBELET_DIR" 2>/dev/null || break
+        changed "unmounted the kubelet's bind mount of $NR_KUBELET_DIR onto itself"
     done
     # The pods' network namespaces (containerd's CNI names them cni-<id>).
     for ns in /run/netns/cni-*; do
@@ -488,6 +496,19 @@ remove_state() {
                 problem "update-ca-certificates failed"
         fi
     fi
+    remove_ca_links
+}
+
+# update-ca-certificates keeps the links of a local certificate that is gone: the CA's .pem and its hash link.
+remove_ca_links() {
+    local pem link
+    pem=/etc/ssl/certs/$(basename -- "${NR_CA_FILE%.crt}").pem
+    for link in "$pem" $(find /etc/ssl/certs -maxdepth 1 -type l -lname "*${pem##*/}" 2>/dev/null); do
+        [ -L "$link" ] || continue
+        case "$(readlink -- "$link")" in
+            "$NR_CA_FILE" | "${pem##*/}" | "$pem") rm -f -- "$link" && changed "removed the trust store link $link" ;;
+        esac
+    done
 }
 
 # The user etcd runs as, made by the etcd role with etcd_data_dir as its home; not the etcd-server package's.
@@ -567,6 +588,8 @@ purge_packages() {
         return 1
     fi
     # shellcheck disable=SC2086
+    # haproxy's chroot holds the log file its service made: dpkg would leave a directory that is not empty.
+    case " $(echo $new) " in *" haproxy "*) rm -f /var/lib/haproxy/dev/log ;; esac
     if out=$(DEBIAN_FRONTEND=noninteractive apt-get purge -y -q -o DPkg::Lock::Timeout=120 $new 2>&1); then
         changed "purged $(printf '%s\n' $new | wc -l) package(s) the deploy installed: $(echo $new)"
         for p in $new; do rm -f -- /var/cache/apt/archives/"$p"_*.deb; done
@@ -620,6 +643,41 @@ reset_apt() {
     remove "$NR_APT_SOURCE" "$NR_APT_KEY"
 }
 
+# The package manager's own files as bootstrap_os recorded them: the caches, locks and backups that apt, dpkg and ucf
+# made during the deploy go, and the other sources' package lists (hard links kept in the record) come back.
+restore_apt_state() {
+    local record=$NR_RECORD_DIR/apt-state-before lists=$NR_RECORD_DIR/apt-lists-before f n=0 m=0
+    if [ -d "$lists" ]; then
+        while IFS= read -r f; do
+            [ -e "/var/lib/apt/lists/$f" ] && continue
+            mkdir -p -- "$(dirname -- "/var/lib/apt/lists/$f")" && cp -al -- "$lists/$f" "/var/lib/apt/lists/$f" &&
+                n=$((n + 1))
+        done < <(cd "$lists" && find . -type f -printf '%P\n')
+        [ "$n" = 0 ] || changed "put back $n package list(s) of the host's own apt sources"
+    fi
+    # Directories the purged packages' scripts made and left empty (/usr/lib/modules, /var/lib/haproxy): those that
+    # are new since the record and empty go; one that holds anything stays.
+    if [ -f "$NR_RECORD_DIR/dirs-before" ]; then
+        while IFS= read -r f; do
+            [ -d "$f" ] && [ ! -L "$f" ] || continue
+            [ -z "$(find "$f" ! -type d -print -quit 2>/dev/null)" ] || continue
+            rm -r --one-file-system -- "$f" && changed "removed the empty directory $f, new since the deploy"
+        done < <(find /etc /opt /usr/lib /usr/local /var/lib /var/cache -mindepth 1 -maxdepth 1 -type d 2>/dev/null |
+                   sort | comm -13 "$NR_RECORD_DIR/dirs-before" -)
+    fi
+    [ -f "$record" ] || return 0
+    # Deepest first, so a directory is empty when its turn comes.
+    while IFS= read -r f; do
+        if [ -d "$f" ] && [ ! -L "$f" ]; then
+            rmdir -- "$f" 2>/dev/null && m=$((m + 1))
+        else
+            rm -f -- "$f" && m=$((m + 1))
+        fi
+    done < <(find /var/cache/apt /var/lib/apt /var/lib/dpkg /var/lib/ucf -maxdepth 2 ! -path '/var/lib/dpkg/info/*' \
+               2>/dev/null | sort | comm -13 "$record" - | sort -r)
+    [ "$m" = 0 ] || changed "removed $m cache, lock or backup file(s) apt, dpkg and ucf made during the deploy"
+}
+
 # --- Main ----------------------------------------------------------------------------------------------------------
 
 main() {
@@ -652,6 +710,7 @@ main() {
     if purge_packages; then
         restore_saved
         reset_apt
+        restore_apt_state
         [ "$NR_KEEP_PACKAGES" = true ] || remove "$NR_RECORD_DIR"
     fi
     [ "$problems" = 0 ] || exit 1
