@@ -237,8 +237,10 @@ def test_a_kube_version_the_bundle_lacks_fails_before_any_host_is_contacted(lab,
                                                       "files": files, "images": {}, "versions": {"kubeadm": "1.20.2"}}))
     sha = "a" * 64
     overlay = tmp_path / "overlay.yml"
+    # Layer 00 resolves the whole catalog first: the 1.20 line's etcd and crictl need checksums too.
+    versions = {"kubeadm": "1.20.3", "kubelet": "1.20.3", "kubectl": "1.20.3", "etcd": "3.4.13", "crictl": "1.20.0"}
     overlay.write_text(yaml.safe_dump({"catalog_overlay": {"components": {
-        n: {"sha256": {"amd64": {"1.20.3": sha}}} for n in ("kubeadm", "kubelet", "kubectl")}}}))
+        n: {"sha256": {"amd64": {v: sha}}} for n, v in versions.items()}}}))
     proc = run_sh("deploy-cluster", "--only", "00-ssh", "--bundle", str(bundle), "-e", "kube_version=v1.20.3",
                   "-e", f"@{overlay}", inventory=lab)
     assert proc.returncode != 0

@@ -678,6 +678,19 @@ restore_apt_state() {
     [ "$m" = 0 ] || changed "removed $m cache, lock or backup file(s) apt, dpkg and ucf made during the deploy"
 }
 
+# The block bootstrap_os added to /etc/hosts (blockinfile's markers), written back in place: /etc/hosts is a bind
+# mount in containers, where a rename fails.
+reset_etc_hosts() {
+    local begin="# BEGIN airgap.kubernetes bootstrap_os" end="# END airgap.kubernetes bootstrap_os" kept
+    [ -f /etc/hosts ] && grep -qxF -- "$begin" /etc/hosts || return 0
+    kept=$(awk -v b="$begin" -v e="$end" '$0 == b {skip = 1; next} $0 == e {skip = 0; next} !skip' /etc/hosts)
+    if printf '%s\n' "$kept" > /etc/hosts; then
+        changed "removed the bundle server's names from /etc/hosts"
+    else
+        problem "could not rewrite /etc/hosts"
+    fi
+}
+
 # --- Main ----------------------------------------------------------------------------------------------------------
 
 main() {
@@ -706,6 +719,7 @@ main() {
     remove_units
     remove_release_files
     remove_state
+    reset_etc_hosts
     # 6. Packages last (apt needs no source to purge); the bundle's apt source and the record after them.
     if purge_packages; then
         restore_saved
