@@ -627,6 +627,24 @@ class _HostResult:
     ssh_at: float
 
 
+# Every lab node's systemd and kubelet take inotify instances from the host's one per-user budget (128 by default):
+# a few labs side by side exhaust it, and a kubelet then dies at start ("inotify_init: too many open files"), so its
+# node never registers. The lab raises the host's limits, never lowers them.
+INOTIFY_LIMITS = {"fs/inotify/max_user_instances": 8192, "fs/inotify/max_user_watches": 1048576}
+
+
+def _raise_inotify_limits() -> None:
+    for key, wanted in INOTIFY_LIMITS.items():
+        path = Path("/proc/sys") / key
+        try:
+            if int(path.read_text()) < wanted:
+                path.write_text(f"{wanted}\n")
+                _log(f"raised the host's {key.replace('/', '.')} to {wanted} (lab nodes share it)")
+        except (OSError, ValueError) as exc:
+            _log(f"could not raise the host's {key.replace('/', '.')} to {wanted}: {exc}; several labs at once may "
+                 f"stop kubelets with 'too many open files'")
+
+
 def up(name: str, nodes: int, release: str = DEFAULT_RELEASE, internal: bool = False,
        control_planes: int = 1, etcd: Optional[int] = None) -> Lab:
     """Creates a lab and returns it once every host runs systemd and answers SSH with the key."""
@@ -649,6 +667,7 @@ def up(name: str, nodes: int, release: str = DEFAULT_RELEASE, internal: bool = F
         net_args.append("--internal")
     docker(*net_args, lab.network)
     _allow_bridged_pod_traffic(lab.network, add=True)
+    _raise_inotify_limits()
 
     t0 = time.monotonic()
     known_hosts_lock = threading.Lock()
