@@ -131,6 +131,7 @@ def test_nodes_behind_a_bastion_are_reached_through_it(lab):
     finally:
         subprocess.run(["docker", "exec", f"{NAME}-node1", "sh", "-c",
                         "rm -f /etc/ssh/sshd_config.d/e2e-deny.conf && systemctl reload ssh"], check=True)
+        wait_for_ssh(["node1"])
     assert direct.returncode != 0 and f"- node1 ({hosts['node1']['ansible_host']}, user root)" in direct.stdout
     assert through.returncode == 0
 
@@ -206,6 +207,7 @@ PROBED = {"memory", "disk"}
 @pytest.fixture(scope="module")
 def pristine(lab):
     """Each node's files, units, mounts and iptables rules before any broken run."""
+    wait_for_ssh(["node1", "node2", "node3"])  # an earlier test's sshd reload closes port 22 for a moment
     return {h: node_state(h) for h in ("node1", "node2", "node3")}
 
 
