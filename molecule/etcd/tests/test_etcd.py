@@ -5,9 +5,11 @@ Runs after converge and idempotence; the tests go in file order and the last one
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import testinfra
@@ -136,6 +138,37 @@ def test_backup_service_saves_snapshots_and_keeps_the_newest():
     assert len(snaps) == RETENTION
     status = etcdctl("mol-etcd1", f"snapshot status {BACKUPS}/{snaps[-1]} -w json")
     assert status.rc == 0 and json.loads(status.stdout)["totalKey"] > 0
+
+
+def run_layer_02(limit: str) -> subprocess.CompletedProcess:
+    """Runs the scenario's converge playbook (layer 02) again, limited as add-node limits it, with molecule's own
+    inventory and settings."""
+    ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+    project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ephemeral / "ansible.cfg"),
+               ANSIBLE_COLLECTIONS_PATH=str(project / ".collections"), ANSIBLE_ROLES_PATH=str(project / "roles"))
+    return subprocess.run(["ansible-playbook", "-i", str(ephemeral / "inventory"), "--limit", limit,
+                           str(Path(__file__).resolve().parents[1] / "converge.yml")],
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_a_member_the_cluster_removed_comes_back_as_a_new_member_with_its_old_data_kept_aside():
+    """What a remove-node that stopped after the member removal leaves: a host not reset, with the data of a member
+    the cluster no longer lists, which etcd can never start with. Layer 02 for that host alone (add-node) moves the
+    data into the backup directory and joins the host as a new member."""
+    members = json.loads(etcdctl("mol-etcd1", "member list -w json").stdout)["members"]
+    old_id = next(m["ID"] for m in members if m["name"] == "mol-etcd3")
+    assert etcdctl("mol-etcd1", f"member remove {old_id:x}").rc == 0
+    result = run_layer_02("mol-etcd3")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "joins the cluster as a new member" in result.stdout
+    wait_healthy("mol-etcd1")
+    members = json.loads(etcdctl("mol-etcd1", "member list -w json").stdout)["members"]
+    assert sorted(m["name"] for m in members) == sorted(MEMBERS)
+    assert next(m["ID"] for m in members if m["name"] == "mol-etcd3") != old_id
+    # The new member has the cluster's data; the old data is kept, not deleted.
+    assert etcdctl("mol-etcd3", "get --print-value-only /test/replication").stdout.strip() == "written-on-etcd1"
+    assert node("mol-etcd3").run(f"ls -d {BACKUPS}/removed-member-*/member/wal").rc == 0
 
 
 def test_restore_from_snapshot_brings_back_the_snapshot_data():
