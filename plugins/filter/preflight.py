@@ -1,5 +1,5 @@
-"""Filter plugins network_problems and bundle_lacks: thin shells over plugins/module_utils/preflight.py.
-Their documentation lives beside this file, one YAML file per filter."""
+"""Filter plugins network_problems, bundle_lacks and certificate_lifetime_problems: thin shells over
+plugins/module_utils/preflight.py. Their documentation lives beside this file, one YAML file per filter."""
 from __future__ import annotations
 
 from ansible_collections.airgap.kubernetes.plugins.module_utils import preflight
@@ -7,4 +7,5 @@ from ansible_collections.airgap.kubernetes.plugins.module_utils import preflight
 
 class FilterModule:
     def filters(self):
-        return {"network_problems": preflight.network_problems, "bundle_lacks": preflight.bundle_lacks}
+        return {"network_problems": preflight.network_problems, "bundle_lacks": preflight.bundle_lacks,
+                "certificate_lifetime_problems": preflight.certificate_lifetime_problems}

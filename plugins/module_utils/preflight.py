@@ -59,3 +59,34 @@ def bundle_lacks(manifest: Mapping[str, Any], files: Iterable[Mapping[str, Any]]
             problems.append(f"image {item['canonical']} is not in the bundle: set {what} to a version the bundle "
                             f"carries, or build a bundle for this one")
     return problems
+
+
+def _days(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def certificate_lifetime_problems(ca_days: Any, cert_days: Any, renew_days: Any,
+                                  knobs: Iterable[str] = ("etcd_ca_validity_days", "etcd_cert_validity_days",
+                                                          "etcd_cert_renew_days")) -> list:
+    """A CA's leaves must expire before it, and the renewal window must be shorter than a leaf's life (else every
+    run renews every certificate). knobs: the three settings' names, for the messages."""
+    ca_knob, cert_knob, renew_knob = knobs
+    values = {ca_knob: _days(ca_days), cert_knob: _days(cert_days), renew_knob: _days(renew_days)}
+    given = {ca_knob: ca_days, cert_knob: cert_days, renew_knob: renew_days}
+    problems = [f"{knob} {given[knob]!r} is not a whole number of days: set it to one"
+                for knob, days in values.items() if days is None]
+    problems += [f"{knob} {days} must be at least {1 if knob != renew_knob else 0}: set it to a positive number of days"
+                 for knob, days in values.items() if days is not None and days < (1 if knob != renew_knob else 0)]
+    if problems:
+        return problems
+    ca, cert, renew = values[ca_knob], values[cert_knob], values[renew_knob]
+    if cert >= ca:
+        problems.append(f"{cert_knob} {cert} is not shorter than {ca_knob} {ca}: a certificate must expire before "
+                        f"the CA that signed it; set {cert_knob} to e.g. {min(365, ca // 2) or 1}")
+    if renew >= cert:
+        problems.append(f"{renew_knob} {renew} is not shorter than {cert_knob} {cert}: every run would renew every "
+                        f"certificate; set {renew_knob} to e.g. {min(30, cert // 4)}")
+    return problems

@@ -1,5 +1,6 @@
 """The etcd scenario's specification: a 3-member TLS cluster that serves only clients with certificates,
-replicates, survives a member outage, backs itself up and comes back from a snapshot.
+replicates, survives a member outage, renews a certificate near its expiry, backs itself up and comes back from a
+snapshot.
 
 Runs after converge and idempotence; the tests go in file order and the last one restores the cluster."""
 from __future__ import annotations
@@ -9,6 +10,7 @@ import os
 import shlex
 import subprocess
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -169,6 +171,48 @@ def test_a_member_the_cluster_removed_comes_back_as_a_new_member_with_its_old_da
     # The new member has the cluster's data; the old data is kept, not deleted.
     assert etcdctl("mol-etcd3", "get --print-value-only /test/replication").stdout.strip() == "written-on-etcd1"
     assert node("mol-etcd3").run(f"ls -d {BACKUPS}/removed-member-*/member/wal").rc == 0
+
+
+def _not_after(name: str, path: str) -> datetime:
+    """The certificate's notAfter, naive UTC."""
+    out = node(name).check_output(f"openssl x509 -in {path} -noout -enddate")  # notAfter=Dec  2 19:08:14 2026 GMT
+    return datetime.strptime(out.split("=", 1)[1].strip(), "%b %d %H:%M:%S %Y %Z")
+
+
+def _started(name: str) -> str:
+    return node(name).check_output("systemctl show -p ActiveEnterTimestampMonotonic --value etcd")
+
+
+def test_a_certificate_near_its_expiry_is_renewed_on_a_rerun_and_only_its_member_restarts():
+    """mol-etcd2's server certificate re-signed by hand with the etcd CA for one day, as one near its end: a rerun of
+    layer 02 signs it again (community.crypto alone keeps a certificate that matches its request, whatever its
+    dates), names it with its old and new expiry, restarts that member alone, and the cluster is healthy."""
+    cert = f"{PKI}/server.crt"
+    csr = node("mol-etcd2").check_output(f"cat {PKI}/server.csr")
+    short = subprocess.run(["docker", "exec", "-i", "mol-etcd1", "openssl", "x509", "-req", "-CA", f"{PKI}/ca.crt",
+                            "-CAkey", f"{PKI}/ca.key", "-days", "1", "-copy_extensions", "copy"],
+                           input=csr + "\n", capture_output=True, text=True, check=True).stdout
+    subprocess.run(["docker", "exec", "-i", "mol-etcd2", "sh", "-c", f"cat > {cert}"], input=short, text=True,
+                   check=True)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    assert _not_after("mol-etcd2", cert) < now + timedelta(days=2)
+    before = {name: _started(name) for name in ("mol-etcd1", "mol-etcd2")}
+    result = run_layer_02("etcd")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert f"Renewed mol-etcd2's {cert} (old expiry" in result.stdout
+    assert "etcd restarts with it, one member at a time" in result.stdout
+    assert result.stdout.count("Renewed ") == 1, "only the certificate near its expiry is renewed"
+    assert _not_after("mol-etcd2", cert) > now + timedelta(days=300)  # etcd_cert_validity_days: 365
+    assert node("mol-etcd2").run(f"openssl verify -CAfile {PKI}/ca.crt {cert}").rc == 0
+    assert _started("mol-etcd2") != before["mol-etcd2"], "mol-etcd2 was not restarted with its new certificate"
+    assert _started("mol-etcd1") == before["mol-etcd1"], "a member whose certificates did not change was restarted"
+    wait_healthy("mol-etcd1")
+    served = subprocess.run(["docker", "exec", "mol-etcd1", "sh", "-c",
+                             f"openssl s_client -connect {MEMBERS['mol-etcd2']}:2379 -CAfile {PKI}/ca.crt "
+                             f"-cert {PKI}/admin.crt -key {PKI}/admin.key </dev/null 2>/dev/null "
+                             "| openssl x509 -noout -enddate"], capture_output=True, text=True)
+    assert served.stdout.strip() == node("mol-etcd2").check_output(f"openssl x509 -in {cert} -noout -enddate"), \
+        "etcd on mol-etcd2 does not serve the renewed certificate"
 
 
 def test_restore_from_snapshot_brings_back_the_snapshot_data():
