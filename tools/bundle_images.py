@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt
+from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
 from ansible_collections.airgap.kubernetes.tools.bundle_common import BuildError, free_port, run
 from ansible_collections.airgap.kubernetes.tools.bundle_downloads import parallel
 from ansible_collections.airgap.kubernetes.tools.bundle_plan import ImageJob
@@ -68,14 +69,35 @@ def skopeo_copy_args(job: ImageJob, registry: str, all_arches: Iterable[str], in
     host = _registry_host(job.source)
     if host in set(insecure) or host.split(":")[0] in ("127.0.0.1", "localhost"):
         cmd.append("--src-tls-verify=false")
-    if not job.multiarch or set(job.arches) >= set(all_arches):
-        # Every platform (or an arch-specific image): the index and its digest stay as upstream has them.
+    if job.digest or not job.multiarch or set(job.arches) >= set(all_arches):
+        # Every platform (or an arch-specific image): the index and its digest stay as upstream has them. A pinned
+        # image is always copied whole, so the bundle holds the very index the catalog pins and a pull by digest works.
         cmd += ["--all", "--preserve-digests"]
     else:
         # One arch of a multi-arch image: the tag points at that platform's manifest.
         cmd += ["--override-os", "linux", "--override-arch", job.arches[0]]
-    source = job.source.rsplit(":", 1)[0] + "@" + job.digest if job.digest else job.source
-    return cmd + [f"docker://{source}", f"docker://{registry}/{job.canonical}"]
+    return cmd + [f"docker://{copy_source(job)}", f"docker://{registry}/{job.canonical}"]
+
+
+def copy_source(job: ImageJob) -> str:
+    """Where skopeo copies from: the source by the catalog's digest when it pins one (skopeo then checks that the
+    manifest it gets has that digest), else by tag. skopeo takes a tag or a digest, not both."""
+    if not job.digest:
+        return job.source
+    host, path, _, digest = resolver.parse_image(job.source)
+    if digest and digest != job.digest:
+        raise BuildError(f"image {job.name}: its source {job.source} names digest {digest}, the catalog pins "
+                         f"{job.digest}: fix the catalog overlay that sets one of them")
+    return f"{host}/{path}@{job.digest}"
+
+
+def check_pinned(job: ImageJob, stored: str) -> str:
+    """The digest the bundle holds for job, refused when the catalog pins another one."""
+    if job.digest and stored != job.digest:
+        raise BuildError(f"image {job.name}: the bundle's registry holds {job.canonical} as {stored}, but the catalog "
+                         f"pins {job.digest}: remove the bundle's registry/ and build again; if it persists, the "
+                         f"source ({job.source}) serves other content than the publisher stated")
+    return stored
 
 
 def copy_images(jobs: list, bundle: Path, all_arches: Iterable[str], insecure: Iterable[str], progress: Progress,
@@ -83,12 +105,14 @@ def copy_images(jobs: list, bundle: Path, all_arches: Iterable[str], insecure: I
     """Copy every image into bundle/registry through a local docker-registry; returns {canonical ref: digest}."""
     with local_registry(bundle / bundlefmt.REGISTRY_DIR) as registry:
         def one(job: ImageJob) -> str:
+            args = skopeo_copy_args(job, registry, all_arches, insecure)
             try:
-                run(skopeo_copy_args(job, registry, all_arches, insecure))
+                run(args)
             except BuildError as exc:
-                raise BuildError(f"image {job.name} ({job.source}): {exc}: check the image exists there, "
+                pin = (f", and that it still serves the digest the catalog pins ({job.digest})" if job.digest else "")
+                raise BuildError(f"image {job.name} ({job.source}): {exc}: check the image exists there{pin}, "
                                  "or upstream_bases / upstream_insecure_registries") from None
-            return bundlefmt.read_tag_digest(bundle, job.canonical)
+            return check_pinned(job, bundlefmt.read_tag_digest(bundle, job.canonical))
 
         digests = parallel(one, jobs, progress, workers)
     return dict(zip((job.canonical for job in jobs), digests))

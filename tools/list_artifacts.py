@@ -71,7 +71,9 @@ def _text(entries: list) -> str:
             rows.append(("file", e["name"], e["version"], ",".join(e["arches"]), e["url"], "sha256:" + e["sha256"]))
         elif e["kind"] == "image":
             arches = "multi-arch" if e["multiarch"] else ",".join(e["arches"])
-            rows.append(("image", e["name"], e["version"], arches, e["ref"], e["digest"] or ""))
+            # The digest in its own column, the reference by tag beside it: a reader sees at once what is pinned.
+            rows.append(("image", e["name"], e["version"], arches, e["ref"].partition("@")[0],
+                         e["digest"] or "unpinned (tag only)"))
         else:
             rows.append(("package", e["name"], "", e["os_family"], e["package"], ""))
     if not rows:

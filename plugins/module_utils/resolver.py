@@ -462,6 +462,21 @@ def _check_overlay(catalog: Mapping, overlay: Any, source: str) -> None:
                     raise CatalogError(f"catalog overlay {source}: components.{name}.sha256.{arch} has version "
                                        f"{version!r} as a number: quote it, e.g. \"{version}\"")
                 normalize_sha256(sha, f"catalog overlay {source}: components.{name}.sha256.{arch}.{version}")
+        for key, value in _digest_entries(comp.get("digests") or {}):
+            if not isinstance(key, str):
+                raise CatalogError(f"catalog overlay {source}: components.{name}.digests has version {key!r} as a "
+                                   f"number: quote it, e.g. \"{key}\"")
+            normalize_sha256(value, f"catalog overlay {source}: components.{name}.digests.{key}")
+
+
+def _digest_entries(table: Any) -> list:
+    """(version, digest) pairs of a digests table, flat or by arch; a table that is no mapping is left to resolve."""
+    if not isinstance(table, Mapping):
+        return []
+    pairs = []
+    for key, value in table.items():
+        pairs.extend(value.items() if isinstance(value, Mapping) else [(key, value)])
+    return pairs
 
 
 def apply_overlays(catalog: Mapping, overlays: Iterable[Any]) -> dict:
@@ -604,19 +619,56 @@ def _resolve_file(ctx: _Context, name: str, comp: Mapping, arch: str, enabled: b
         mode=str(comp.get("mode", "0755")), unpack=unpack, groups=tuple(comp.get("groups", ())), enabled=enabled)
 
 
+def image_digest(comp: Mapping, name: str, version: str, arch: str, multiarch: bool = True) -> Optional[str]:
+    """The digest the catalog pins an image's version to (sha256:<hex>), or None when it is pinned by tag only.
+
+    A multi-arch image has one index digest per version (digests.<version>); an image whose name or tag names the
+    arch has one per arch (digests.<arch>.<version>), like a file's sha256.
+    """
+    table = comp.get("digests") or {}
+    if not isinstance(table, Mapping):
+        raise CatalogError(f"{name}.digests must map versions to sha256:<hex> digests, not {type(table).__name__}")
+    nested = [k for k, v in table.items() if isinstance(v, Mapping)]
+    if multiarch and nested:
+        raise CatalogError(f"{name}.digests.{nested[0]}: {name} is one multi-arch image, so each version has one "
+                           f"index digest: write digests: {{\"{version}\": sha256:...}}")
+    if not multiarch and len(nested) != len(table):
+        raise CatalogError(f"{name}.digests: {name} names the arch in its reference, so each arch has its own "
+                           f"digest: write digests: {{{arch}: {{\"{version}\": sha256:...}}}}")
+    where = f"{name}.digests.{arch}.{version}" if not multiarch else f"{name}.digests.{version}"
+    value = (table.get(arch) or {}).get(version) if not multiarch else table.get(version)
+    return f"sha256:{normalize_sha256(value, where)}" if value else None
+
+
+def unpinned_images(images: Iterable[Any]) -> list:
+    """One line for each image pinned by tag only, for build-bundle to report; empty when every image is pinned.
+
+    Takes resolved images or bundle image jobs: anything with name, canonical and digest, in the order given.
+    """
+    lines = []
+    for image in images:
+        if not image.digest:
+            lines.append(f"{image.canonical} ({image.name}) is pinned by tag only: the bundle holds whatever the tag "
+                         f"names when it is built; pin it with airgap_catalog.components.{image.name}.digests "
+                         f"(catalog_overlay_files) to the digest its publisher states")
+    return lines
+
+
 def _resolve_image(ctx: _Context, name: str, comp: Mapping, arch: str, enabled: bool) -> ResolvedImage:
     version = component_version(ctx.catalog, ctx.config, name, ctx.line)
     values = _template_values(comp, version, arch)
     image = _render(comp["image"], values, f"{name}.image")
     tag = _render(comp.get("tag", "{version}"), values, f"{name}.tag")
-    digest = (comp.get("digests") or {}).get(version)
-    digest = f"sha256:{normalize_sha256(digest, f'{name}.digests.{version}')}" if digest else None
-    canonical = _image_ref(*parse_image(f"{image}:{tag}")[:3], None)
-    mirrored = (mirror_image(canonical, ctx.mirror.registry_host, ctx.mirror.flatten_project)
-                if ctx.mirror.registry_host else "")
-    upstream = override_image(canonical, ctx.mirror.upstream_bases)
     # A reference that names no arch is a manifest list: one tag serves every arch.
     multiarch = "{arch" not in comp["image"] + comp.get("tag", "")
+    digest = image_digest(comp, name, version, arch, multiarch)
+    # canonical names the image in the bundle's registry storage and manifest, so it keeps the tag only; the
+    # references to pull from carry the pin, so what is pulled is what the catalog names or nothing.
+    canonical = _image_ref(*parse_image(f"{image}:{tag}")[:3], None)
+    pinned = f"{canonical}@{digest}" if digest else canonical
+    mirrored = (mirror_image(pinned, ctx.mirror.registry_host, ctx.mirror.flatten_project)
+                if ctx.mirror.registry_host else "")
+    upstream = override_image(pinned, ctx.mirror.upstream_bases)
     return ResolvedImage(
         name=name, version=version, arch=arch, ref=mirrored if ctx.mode == "offline" else upstream,
         upstream=upstream, canonical=canonical, mirror=mirrored, digest=digest, multiarch=multiarch,

@@ -197,3 +197,20 @@ def test_a_directory_with_no_component_binaries_is_reported(tmp_path, capsys):
 def test_docs_catalog_md_holds_the_current_reference_table(capsys):
     run(capsys, "--format", "markdown")
     assert list_artifacts.markdown(list_artifacts.load(None)[0]) in (REPO / "docs" / "catalog.md").read_text()
+
+
+PAUSE_3_10_1 = "sha256:278fb9dbcca9518083ad1e11276933a2e96f23de604a3a08cc3c80002767d24c"
+
+
+def test_text_shows_the_digest_of_a_pinned_image_and_marks_an_unpinned_one(capsys):
+    _, out, _ = run(capsys, "--kind", "images", "-e", "kube_version=v1.35")
+    rows = {line.split()[1]: line.split() for line in out.splitlines()}
+    assert rows["pause"][4:] == ["registry.k8s.io/pause:3.10.1", PAUSE_3_10_1]
+    assert rows["calico-node"][4:] == ["quay.io/calico/node:v3.31.7", "unpinned", "(tag", "only)"]
+
+
+def test_json_gives_the_digest_and_a_reference_that_pulls_by_it(capsys):
+    [pause] = [e for e in as_json(capsys, "--kind", "images", "-e", "kube_version=v1.35") if e["name"] == "pause"]
+    assert pause["digest"] == PAUSE_3_10_1
+    assert pause["ref"] == f"registry.k8s.io/pause:3.10.1@{PAUSE_3_10_1}"
+    assert pause["canonical"] == "registry.k8s.io/pause:3.10.1"

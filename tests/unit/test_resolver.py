@@ -140,7 +140,8 @@ def test_mirror_and_upstream_are_a_bijection_over_the_whole_catalog(flatten):
     for art in _all_artifacts(flatten):
         if art.kind == "package":
             continue
-        upstream, mirrored = (art.canonical_url, art.mirror_url) if art.kind == "file" else (art.canonical, art.mirror)
+        pinned = f"{art.canonical}@{art.digest}" if art.kind == "image" and art.digest else getattr(art, "canonical", "")
+        upstream, mirrored = (art.canonical_url, art.mirror_url) if art.kind == "file" else (pinned, art.mirror)
         assert r.upstream_to_mirror(upstream, mirror) == mirrored
         assert r.mirror_to_upstream(mirrored, mirror) == upstream
         pairs.add((upstream, mirrored))
@@ -576,7 +577,8 @@ def test_a_registry_mirror_names_every_image_as_mirror_image_and_override_image_
     for art in _all_artifacts():
         if art.kind == "image":
             host, path, tag, _ = r.parse_image(art.canonical)
-            expected = art.mirror if mode == "offline" else r.override_image(art.canonical, bases)
+            # The pulled reference adds the pin (if any) to the name the registry mirror gives.
+            expected = (art.mirror if mode == "offline" else r.override_image(art.canonical, bases)).partition("@")[0]
             assert f"{found[host].repository}/{path}:{tag}" == expected
 
 
@@ -702,3 +704,97 @@ def test_catalog_problems_lists_every_artifact_without_a_checksum():
 def test_catalog_problems_names_an_unknown_arch_and_still_checks_the_others():
     problems = r.catalog_problems(CATALOG, config(), ["amd64", "mips"])
     assert len(problems) == 1 and "mips" in problems[0]
+
+
+# ----------------------------------------------------------------------------- image digests
+
+def _image_catalog(**component):
+    """ARCH_RULES with one more image component, for digest rules."""
+    comp = {"kind": "image", "version_var": "tool_version", "image": "registry.example.com/tool", "tag": "v{version}",
+            **component}
+    return {**ARCH_RULES, "components": {**ARCH_RULES["components"], "probe": comp}}
+
+
+def test_a_pinned_image_is_pulled_by_tag_and_digest_and_stored_under_its_tag():
+    art = r.resolve_one(CATALOG, config(kube_version="1.35"), "pause", "amd64")
+    pin = "sha256:278fb9dbcca9518083ad1e11276933a2e96f23de604a3a08cc3c80002767d24c"
+    assert art.digest == pin
+    assert art.ref == art.mirror == f"bundle:5000/registry.k8s.io/pause:3.10.1@{pin}"
+    assert art.canonical == "registry.k8s.io/pause:3.10.1"  # its name in the bundle's registry and manifest
+    upstream = r.resolve_one(CATALOG, config(kube_version="1.35"), "pause", "amd64", mode="upstream")
+    assert upstream.ref == upstream.upstream == f"registry.k8s.io/pause:3.10.1@{pin}"
+
+
+def test_an_image_version_without_a_digest_is_pinned_by_tag_only():
+    art = r.resolve_one(CATALOG, config(), "calico-node", "amd64")
+    assert art.digest is None and "@" not in art.ref
+
+
+def test_the_lab_line_images_stay_unpinned_since_the_lab_builds_its_own():
+    for name in ("kube-apiserver", "kube-proxy", "pause"):
+        assert r.resolve_one(WITH_LAB, config(kube_version="v1.20.2"), name, "amd64").digest is None
+
+
+def test_every_digest_in_the_catalog_is_a_sha256_of_a_version_the_image_can_have():
+    for name, comp in CATALOG["components"].items():
+        for version, digest in (comp.get("digests") or {}).items():
+            assert isinstance(version, str) and r.normalize_sha256(digest, name)
+            var = comp["version_var"]
+            art = r.resolve_one(CATALOG, config(**{var: version}), name, "amd64")
+            assert art.digest == "sha256:" + r.normalize_sha256(digest, name) and art.ref.endswith(art.digest)
+
+
+def test_an_image_naming_the_arch_has_a_digest_per_arch():
+    catalog = _image_catalog(image="registry.example.com/tool-{arch}",
+                             digests={"amd64": {"1.0.0": "a" * 64}, "arm64": {"1.0.0": "sha256:" + "b" * 64}})
+    assert r.resolve_one(catalog, {}, "probe", "amd64", mode="upstream").digest == "sha256:" + "a" * 64
+    arm = r.resolve_one(catalog, {}, "probe", "arm64", mode="upstream")
+    assert arm.ref == "registry.example.com/tool-arm64:v1.0.0@sha256:" + "b" * 64
+
+
+def test_an_image_naming_the_arch_refuses_one_digest_for_all_arches():
+    catalog = _image_catalog(tag="v{version}-{arch}", digests={"1.0.0": "a" * 64})
+    assert "probe names the arch in its reference, so each arch has its own digest: write digests: " \
+           "{amd64: {\"1.0.0\": sha256:...}}" in error(r.resolve_one, catalog, {}, "probe", "amd64", mode="upstream")
+
+
+def test_a_multi_arch_image_refuses_digests_per_arch():
+    catalog = _image_catalog(digests={"amd64": {"1.0.0": "a" * 64}})
+    assert error(r.resolve_one, catalog, {}, "probe", "amd64", mode="upstream") == (
+        "probe.digests.amd64: probe is one multi-arch image, so each version has one index digest: "
+        "write digests: {\"1.0.0\": sha256:...}")
+
+
+@pytest.mark.parametrize("digests, message", [
+    ({"1.0.0": "sha256:123"}, "probe.digests.1.0.0: 'sha256:123' is not a sha256"),
+    (["sha256:" + "a" * 64], "probe.digests must map versions to sha256:<hex> digests, not list"),
+])
+def test_a_malformed_digest_is_named(digests, message):
+    assert message in error(r.resolve_one, _image_catalog(digests=digests), {}, "probe", "amd64", mode="upstream")
+
+
+@pytest.mark.parametrize("digests, message", [
+    ({3.1: "a" * 64}, "components.pause.digests has version 3.1 as a number: quote it, e.g. \"3.1\""),
+    ({"amd64": {"3.10": "nope"}}, "components.pause.digests.3.10: 'nope' is not a sha256"),
+])
+def test_an_overlay_with_a_bad_digest_is_refused_before_resolving(digests, message):
+    assert message in error(r.apply_overlays, CATALOG, [("site.yml", {"components": {"pause": {"digests": digests}}})])
+
+
+def test_an_overlay_can_pin_another_version():
+    pinned = r.apply_overlays(CATALOG, [{"components": {"calico-node": {"digests": {"3.31.7": "c" * 64}}}}])
+    assert r.resolve_one(pinned, config(), "calico-node", "amd64").digest == "sha256:" + "c" * 64
+
+
+def test_unpinned_images_names_each_image_pinned_by_tag_only_and_how_to_pin_it():
+    images = r.resolve(CATALOG, config(kube_version="1.35"), "amd64", kind="image")
+    lines = r.unpinned_images(images)
+    assert not any("registry.k8s.io/pause:" in line for line in lines)
+    assert ("quay.io/calico/node:v3.31.7 (calico-node) is pinned by tag only: the bundle holds whatever the tag names "
+            "when it is built; pin it with airgap_catalog.components.calico-node.digests (catalog_overlay_files) "
+            "to the digest its publisher states") in lines
+    assert len(lines) == sum(1 for image in images if image.digest is None)
+
+
+def test_unpinned_images_is_empty_when_every_image_is_pinned():
+    assert r.unpinned_images([r.resolve_one(ARCH_RULES, {}, "pinned-image", "amd64", mode="upstream")]) == []
