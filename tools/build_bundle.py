@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt
+from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle_trust
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
 from ansible_collections.airgap.kubernetes.plugins.module_utils.digests import hash_tree, sha256_file
 from ansible_collections.airgap.kubernetes.tools import list_artifacts
@@ -27,6 +28,7 @@ from ansible_collections.airgap.kubernetes.tools.bundle_common import CACHE, Bui
 from ansible_collections.airgap.kubernetes.tools.bundle_downloads import download_all, prune
 from ansible_collections.airgap.kubernetes.tools.bundle_images import copy_images, prune_repositories
 from ansible_collections.airgap.kubernetes.tools.bundle_plan import Plan, make_plan, suites_for
+from ansible_collections.airgap.kubernetes.tools.bundle_sign import SigningKey, detach_sign, public_key, signing_key
 from ansible_collections.airgap.kubernetes.tools.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +122,8 @@ class Options:
     retries: int = 4
     # Verified downloads by sha256, shared by builds into other output dirs; None to fetch everything again.
     cache: Optional[Path] = CACHE / "downloads"
+    # The site's release key (gpg): signs manifest.json and the apt repo. None: unsigned, trusted by sha256 only.
+    sign_key: Optional[SigningKey] = None
 
 
 @dataclass
@@ -173,6 +177,10 @@ class _Build:
     plan: Plan
     state: dict  # fingerprints of the last build into out, updated by each phase
 
+    @property
+    def signer(self) -> Optional[str]:
+        return self.options.sign_key.fingerprint if self.options.sign_key else None
+
 
 def _files(b: _Build) -> None:
     with b.progress.phase("files", len(b.plan.files), "files"):
@@ -205,10 +213,11 @@ def _apt(b: _Build) -> dict:
     with b.progress.phase("apt packages", len(debs), "debs"):
         download_all(list(debs.values()), bundle, b.progress, options.jobs, options.retries, options.cache)
         prune(bundle / "apt" / "pool", set(debs), bundle)
-        apt_print = _fingerprint([plan.suites, plan.arches, sorted((j.path, j.sha256) for j in debs.values())])
+        apt_print = _fingerprint([plan.suites, plan.arches, sorted((j.path, j.sha256) for j in debs.values()),
+                                  b.signer])
         # The same debs keep the same signed indexes and key: a rerun leaves the bundle unchanged.
         if b.state.get("apt") != apt_print or not (bundle / bundlefmt.APT_KEY).is_file():
-            write_apt_repo(bundle, {suite: plan.arches for suite in plan.suites})
+            write_apt_repo(bundle, {suite: plan.arches for suite in plan.suites}, signer=options.sign_key)
         b.state["apt"] = apt_print
     return debs
 
@@ -229,6 +238,16 @@ def _collection(b: _Build) -> None:
         build_collection(b.bundle, b.out, b.state)
 
 
+def _release_key(b: _Build) -> None:
+    """keys/release.asc: the release key's public half, so a site that pins only its fingerprint can check it."""
+    path = b.bundle / bundlefmt.RELEASE_KEY
+    if b.options.sign_key is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(public_key(b.options.sign_key))
+
+
 def _manifest(b: _Build, digests: dict, debs: dict) -> dict:
     """manifest.json for what the bundle holds, checked against the bundle itself."""
     bundle, plan = b.bundle, b.plan
@@ -239,7 +258,8 @@ def _manifest(b: _Build, digests: dict, debs: dict) -> dict:
         def write(created: Optional[str] = None) -> dict:
             return bundlefmt.write_manifest(bundle, images=digests, arches=plan.arches,
                                             apt_suites=plan.suites if debs else [], versions=plan.versions,
-                                            config={**plan.config, "apt_packages": plan.packages}, created=created)
+                                            config={**plan.config, "apt_packages": plan.packages}, created=created,
+                                            signed_by=b.signer)
 
         manifest = write()
         content = _fingerprint({k: v for k, v in manifest.items() if k != "created"})
@@ -254,12 +274,34 @@ def _manifest(b: _Build, digests: dict, debs: dict) -> dict:
     return manifest
 
 
+def _sign(b: _Build) -> None:
+    """manifest.json.asc by the release key, then checked as a bundle host checks it (gpgv, this key pinned).
+
+    The same manifest signed by the same key keeps its signature: the same bytes, the same tarball."""
+    signature = b.bundle / bundlefmt.SIGNATURE
+    if b.options.sign_key is None:
+        signature.unlink(missing_ok=True)
+        b.state.pop("signature", None)
+        return
+    with b.progress.phase("signature"):
+        signed = _fingerprint([sha256_file(b.bundle / bundlefmt.MANIFEST), b.signer])
+        if b.state.get("signature") != signed or not signature.is_file():
+            detach_sign(b.options.sign_key, b.bundle / bundlefmt.MANIFEST, signature)
+        try:
+            bundle_trust.verify_signature(b.bundle, [str(b.signer)])
+        except bundlefmt.BundleError as exc:
+            raise BuildError(f"the signature gpg just made does not check: {exc}") from None
+        b.state["signature"] = signed
+
+
 def _tarball(b: _Build) -> Optional[Path]:
     if not b.options.tarball:
         return None
     with b.progress.phase("tarball"):
         tarball = b.out / TARBALL
-        packed = _fingerprint(sha256_file(b.bundle / bundlefmt.MANIFEST))
+        signature = b.bundle / bundlefmt.SIGNATURE
+        packed = _fingerprint([sha256_file(b.bundle / bundlefmt.MANIFEST),
+                               sha256_file(signature) if signature.is_file() else None])
         sha_file = b.out / (TARBALL + ".sha256")
         if (b.state.get("tarball") != packed or not tarball.is_file() or not sha_file.is_file()
                 or sha_file.read_text().split()[:1] != [sha256_file(tarball)]):
@@ -283,7 +325,9 @@ def build(catalog: Mapping, config: Mapping, options: Options, progress: Optiona
     debs = _apt(b)
     _wheelhouse(b)
     _collection(b)
+    _release_key(b)
     manifest = _manifest(b, digests, debs)
+    _sign(b)
     tarball = _tarball(b)
     (out / STATE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     sizes = {part: _du(bundle / part) for part in ("files", "registry", "apt", "wheelhouse", "collection")}
@@ -318,6 +362,14 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"Debian security mirror (default: {DEBIAN_SECURITY})")
     parser.add_argument("--no-cache", action="store_true",
                         help=f"fetch everything again instead of reusing verified downloads in {CACHE / 'downloads'}")
+    parser.add_argument("--sign-key", metavar="KEY",
+                        help="sign manifest.json and the apt repo with this gpg secret key (the site's release key; "
+                             "its fingerprint is best): bundle hosts that pin it in bundle_trusted_keys refuse "
+                             "anything else. Default: unsigned (sites must then give bundle_sha256)")
+    parser.add_argument("--sign-homedir", type=Path, metavar="DIR",
+                        help="gpg home holding --sign-key (default: $GNUPGHOME, else ~/.gnupg)")
+    parser.add_argument("--sign-passphrase-file", type=Path, metavar="FILE",
+                        help="file holding the key's passphrase (default: gpg-agent asks, or the key has none)")
     parser.add_argument("--progress", choices=["auto", "live", "lines"], default="auto",
                         help="live line (terminal) or one line per phase (default: auto)")
     return parser
@@ -330,11 +382,15 @@ def main(argv: Optional[list] = None) -> int:
         inventory = cli_options.inventory(args.inventory, required=False)
         catalog, config = list_artifacts.load(inventory, args.extra_vars)
         arches = cli_options.arches(catalog, config, args.arch)
+        if (args.sign_homedir or args.sign_passphrase_file) and not args.sign_key:
+            raise cli_options.OptionError("--sign-homedir and --sign-passphrase-file need --sign-key KEY")
+        # Resolved before any download: a wrong key name fails in a second, not after the build.
+        sign_key = signing_key(args.sign_key, args.sign_homedir, args.sign_passphrase_file) if args.sign_key else None
         options = Options(out=args.out, arches=arches, suites=suites_for(args.os.split(",")), jobs=args.jobs,
                           wheelhouse=not args.no_wheelhouse, collection=not args.no_collection,
                           tarball=not args.no_tarball, requirements=args.requirements,
                           debian_mirror=args.debian_mirror, debian_security=args.debian_security,
-                          cache=None if args.no_cache else CACHE / "downloads")
+                          cache=None if args.no_cache else CACHE / "downloads", sign_key=sign_key)
         live = {"auto": None, "live": True, "lines": False}[args.progress]
         result = build(catalog, config, options, Progress(live=live))
     except (resolver.CatalogError, cli_options.OptionError, BuildError, bundlefmt.BundleError) as exc:
@@ -344,6 +400,8 @@ def main(argv: Optional[list] = None) -> int:
         "bundle_dir": str(result.bundle_dir),
         "tarball": str(result.tarball) if result.tarball else None,
         "arches": result.manifest["arches"],
+        "signed_by": result.manifest["signed_by"],
+        "serial": result.manifest["serial"],
         "apt_suites": result.manifest["apt"]["suites"],
         "files": len(result.manifest["files"]),
         "images": result.manifest["images"],

@@ -13,6 +13,7 @@ from typing import Optional
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt
 from ansible_collections.airgap.kubernetes.tools.bundle_common import CACHE, BuildError, run
 from ansible_collections.airgap.kubernetes.tools.bundle_plan import FileJob
+from ansible_collections.airgap.kubernetes.tools.bundle_sign import SigningKey, clear_sign, detach_sign, public_key
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SECURITY = "http://deb.debian.org/debian-security"
@@ -109,10 +110,13 @@ def _gpg(home: str, *args: str) -> subprocess.CompletedProcess:
     return run(["gpg", "--homedir", home, "--batch", "--yes", "--no-tty", *args])
 
 
-def write_apt_repo(bundle: Path, suites: dict, label: str = "airgap.kubernetes bundle") -> None:
-    """apt/dists/<suite> for each suite ({suite: [arches]}) from apt/pool/<suite>, signed with a new key.
+def write_apt_repo(bundle: Path, suites: dict, label: str = "airgap.kubernetes bundle",
+                   signer: Optional[SigningKey] = None) -> None:
+    """apt/dists/<suite> for each suite ({suite: [arches]}) from apt/pool/<suite>, signed; the public key that
+    checks it is keys/bundle-apt.asc.
 
-    The key is made for this bundle; its public half is keys/bundle-apt.asc and the private half is thrown away.
+    With signer (build-bundle --sign-key), the site's release key signs: apt's gpgv checks the same OpenPGP key
+    that vouches for the manifest. Without, a key is made for this bundle and its private half thrown away.
     """
     apt = bundle / "apt"
     shutil.rmtree(apt / "dists", ignore_errors=True)
@@ -130,12 +134,19 @@ def write_apt_repo(bundle: Path, suites: dict, label: str = "airgap.kubernetes b
         release = run(["apt-ftparchive", *[f"-oAPT::FTPArchive::Release::{k}={v}" for k, v in fields.items()],
                        "release", "."], cwd=apt / "dists" / suite).stdout
         (apt / "dists" / suite / "Release").write_text(release)
+    keys = bundle / "keys"
+    keys.mkdir(exist_ok=True)
+    if signer is not None:
+        (bundle / bundlefmt.APT_KEY).write_text(public_key(signer))
+        for suite in suites:
+            rel = apt / "dists" / suite
+            clear_sign(signer, rel / "Release", rel / "InRelease")
+            detach_sign(signer, rel / "Release", rel / "Release.gpg")
+        return
     # A short homedir keeps gpg-agent's socket path under the 108-byte limit.
     home = tempfile.mkdtemp(prefix="agpg-", dir="/tmp")
     try:
         _gpg(home, "--passphrase", "", "--quick-gen-key", f"{label} <bundle@airgap.invalid>", "ed25519", "sign", "never")
-        keys = bundle / "keys"
-        keys.mkdir(exist_ok=True)
         (bundle / bundlefmt.APT_KEY).write_text(_gpg(home, "--armor", "--export").stdout)
         for suite in suites:
             rel = apt / "dists" / suite

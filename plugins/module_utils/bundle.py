@@ -15,6 +15,10 @@ from ansible_collections.airgap.kubernetes.plugins.module_utils.digests import s
 FORMAT = "airgap.kubernetes/bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# The release key's detached, armored signature of manifest.json (build-bundle --sign-key); not listed in the manifest.
+SIGNATURE = "manifest.json.asc"
+# The release key's public half, shipped so that a pinned fingerprint can be checked; trusted only through the pin.
+RELEASE_KEY = "keys/release.asc"
 # Registry storage is content-addressed and verified image by image; everything else is listed file by file.
 REGISTRY_DIR = "registry"
 REGISTRY_V2 = "registry/docker/registry/v2"
@@ -90,7 +94,7 @@ def _walk_files(root: Path) -> Iterable[tuple[str, Path]]:
                 filenames.append(d)
         for name in filenames:
             rel = (rel_dir / name).as_posix()
-            if rel == MANIFEST:
+            if rel in (MANIFEST, SIGNATURE):
                 continue
             yield rel, Path(dirpath) / name
 
@@ -131,11 +135,15 @@ def write_manifest(
     versions: Optional[Mapping[str, str]] = None,
     config: Optional[Mapping] = None,
     created: Optional[str] = None,
+    signed_by: Optional[str] = None,
+    serial: Optional[int] = None,
 ) -> dict:
     """Hash every file of the bundle, record the images' digests and write manifest.json; returns the manifest.
 
     images maps each upstream reference (`registry.k8s.io/pause:3.10`) to its digest in the registry storage;
-    use read_tag_digest() to get it after copying the image in.
+    use read_tag_digest() to get it after copying the image in. signed_by is the fingerprint of the release key
+    that will sign the manifest (recorded for people; the signature itself is what is checked). serial orders
+    bundles for the downgrade check; by default the seconds since 1970 of `created`.
     """
     root = Path(bundle_dir)
     files: dict[str, dict] = {}
@@ -152,10 +160,13 @@ def write_manifest(
         if not _DIGEST.match(digest):
             raise BundleError(f"image {ref} has digest {digest!r}, expected sha256:<64 hex digits>")
         image_entries[ref] = {"digest": digest}
+    created = created or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "created": created or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": created,
+        "serial": serial if serial is not None else _created_seconds(created),
+        "signed_by": signed_by,
         "arches": sorted(arches),
         "versions": dict(versions or {}),
         "config": dict(config or {}),
@@ -167,6 +178,43 @@ def write_manifest(
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     tmp.replace(root / MANIFEST)
     return manifest
+
+
+def _created_seconds(created: str) -> int:
+    """Seconds since 1970 of a manifest's `created` (UTC, ISO 8601 with Z)."""
+    try:
+        when = _dt.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"created {created!r} is not a UTC time like 2026-01-31T12:00:00Z") from e
+    return int(when.timestamp())
+
+
+def serial(manifest: Mapping) -> int:
+    """The order of a bundle among its site's builds: its "serial", else (older manifests) its creation time."""
+    value = manifest.get("serial")
+    return value if isinstance(value, int) else _created_seconds(str(manifest.get("created")))
+
+
+def downgrade_problem(manifest: Mapping, deployed: Mapping) -> Optional[str]:
+    """Why serving manifest's bundle in place of deployed's is a downgrade, or None when it is not older."""
+    new, old = serial(manifest), serial(deployed)
+    if new >= old:
+        return None
+    return (f"this bundle (built {manifest.get('created')}, serial {new}) is older than the one being served "
+            f"(built {deployed.get('created')}, serial {old}): serving it would bring back whatever the newer bundle "
+            "fixed. Carry the newer bundle, or set bundle_allow_downgrade: true to serve the older one on purpose")
+
+
+def downgrade_from(bundle_dir: PathLike, deployed_dir: Optional[PathLike]) -> Optional[str]:
+    """Why bundle_dir's bundle is older than the one served from deployed_dir; None when it is not older, or when
+    nothing (or no readable manifest) is served there."""
+    if not deployed_dir or not (Path(deployed_dir) / MANIFEST).is_file():
+        return None
+    try:
+        served = load_manifest(deployed_dir)
+    except BundleError:
+        return None  # a served tree without a readable manifest gives no order to keep
+    return downgrade_problem(load_manifest(bundle_dir), served)
 
 
 def load_manifest(bundle_dir: PathLike) -> dict:
@@ -195,6 +243,18 @@ def load_manifest(bundle_dir: PathLike) -> dict:
         not isinstance(v, dict) or not _DIGEST.match(str(v.get("digest", ""))) for v in images.values()
     ):
         raise BundleError(f"{path}: \"images\" must map references to {{\"digest\": \"sha256:<64 hex>\"}}: {FIX}")
+    apt = data.get("apt", {"key": None, "suites": []})
+    if not isinstance(apt, dict) or not isinstance(apt.get("suites", []), list):
+        raise BundleError(f"{path}: \"apt\" must be {{\"key\": ..., \"suites\": [...]}}: {FIX}")
+    # The role copies apt.key to a world-readable place: it may only ever name the bundle's own key file.
+    key = apt.get("key")
+    if key is not None and (key != APT_KEY or APT_KEY not in files):
+        raise BundleError(f"{path}: apt.key is {key!r}; a bundle's apt key is always {APT_KEY}, listed in \"files\": "
+                          f"the manifest is not one build-bundle wrote; {FIX}")
+    if apt.get("suites") and key is None:
+        raise BundleError(f"{path}: apt suites {apt['suites']} but no apt.key: {FIX}")
+    if "serial" in data and (not isinstance(data["serial"], int) or isinstance(data["serial"], bool)):
+        raise BundleError(f"{path}: \"serial\" is {data['serial']!r}, expected an integer: {FIX}")
     return data
 
 
@@ -310,6 +370,8 @@ def summary(bundle_dir: PathLike) -> dict:
     sample = min(mirrored.items(), key=lambda kv: (kv[1].get("size", 0), kv[0]), default=None)
     return {
         "created": manifest.get("created"),
+        "serial": serial(manifest),
+        "signed_by": manifest.get("signed_by"),
         "arches": manifest.get("arches", []),
         "apt": manifest.get("apt", {"key": None, "suites": []}),
         "files_count": len(manifest["files"]),

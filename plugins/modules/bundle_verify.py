@@ -1,5 +1,5 @@
 #!/usr/bin/python
-"""Ansible module: verifies an unpacked bundle against its manifest.json and fails naming every tampered file or image."""
+"""Ansible module: checks an unpacked bundle's signature, then every file and image against its manifest.json."""
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -7,7 +7,12 @@ DOCUMENTATION = r"""
 module: bundle_verify
 short_description: Verify an unpacked airgap.kubernetes bundle against its manifest
 description:
-  - Checks the sha256 of every file listed in the bundle's C(manifest.json), and every blob of every image
+  - First checks where the bundle's trust comes from. With O(trusted_keys), C(manifest.json.asc) must be a valid
+    signature of C(manifest.json) by one of those keys, checked with C(gpgv) against a keyring holding only them
+    (never the host's keyring). Without, O(checksum_verified) must say that the tarball matched an sha256 the
+    operator gave out of band. Either way the bundle vouches for nothing about itself.
+  - Then refuses a bundle older than the one in O(deployed) unless O(allow_downgrade).
+  - Then checks the sha256 of every file listed in the bundle's C(manifest.json), and every blob of every image
     listed there in the bundle's registry storage (manifests, configs, layers).
   - Fails when a listed file or image blob is modified or missing, or when a file outside the registry
     storage is not in the manifest. The message names each one, and the fix.
@@ -20,6 +25,27 @@ options:
     description: The unpacked bundle directory, the one holding C(manifest.json).
     type: path
     required: true
+  trusted_keys:
+    description:
+      - The pinned release keys (C(bundle_trusted_keys)). Each entry is a 40-hex fingerprint (the key itself is then
+        taken from the bundle's C(keys/release.asc), and used only when its fingerprint matches), an armored public
+        key, or the absolute path of a public key file on the host that runs the module.
+    type: list
+    elements: str
+    default: []
+  checksum_verified:
+    description:
+      - The tarball this tree came from matched the sha256 the operator gave (C(bundle_sha256)). Required when
+        O(trusted_keys) is empty; a C(.sha256) file that travelled with the tarball does not count.
+    type: bool
+    default: false
+  deployed:
+    description: The directory of the bundle served now; when it holds a readable C(manifest.json), an older bundle is refused.
+    type: path
+  allow_downgrade:
+    description: Serve a bundle older than O(deployed) all the same.
+    type: bool
+    default: false
 notes:
   - Runs on the host that holds the bundle. Hashing reads the whole bundle once.
 """
@@ -28,6 +54,7 @@ EXAMPLES = r"""
 - name: Verify the bundle before serving it
   airgap.kubernetes.bundle_verify:
     path: /srv/airgap/bundle
+    trusted_keys: ["0A1B2C3D4E5F60718293A4B5C6D7E8F901234567"]
   register: bundle_server_bundle
 
 - name: Show the images it holds
@@ -44,6 +71,18 @@ problems:
   sample: ["files/github.com/etcd-io/etcd/releases/download/v3.4.23/etcd: is modified (sha256 differs ...)"]
 created:
   description: When the bundle was built (UTC, ISO 8601).
+  returned: success
+  type: str
+serial:
+  description: The bundle's place in its site's order of builds (the downgrade check compares it).
+  returned: success
+  type: int
+signer:
+  description: Primary fingerprint of the pinned key whose signature was checked; null when trust came from the sha256.
+  returned: success
+  type: str
+signed_by:
+  description: The fingerprint the manifest itself records as its signer (for people; the signature is what counts).
   returned: success
   type: str
 arches:
@@ -78,23 +117,38 @@ sample_file:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils.bundle import FIX, BundleError, summary, verify_bundle
+from ansible_collections.airgap.kubernetes.plugins.module_utils.bundle import (FIX, BundleError, downgrade_from, summary,
+                                                                             verify_bundle)
+from ansible_collections.airgap.kubernetes.plugins.module_utils.bundle_trust import establish_trust
+
+NOTHING_DONE = "Nothing was installed or served from it."
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec={"path": {"type": "path", "required": True}}, supports_check_mode=True)
-    path = module.params["path"]
+    module = AnsibleModule(argument_spec={
+        "path": {"type": "path", "required": True},
+        "trusted_keys": {"type": "list", "elements": "str", "default": [], "no_log": False},
+        "checksum_verified": {"type": "bool", "default": False},
+        "deployed": {"type": "path"},
+        "allow_downgrade": {"type": "bool", "default": False},
+    }, supports_check_mode=True)
+    path, params = module.params["path"], module.params
     try:
+        # Trust first: nothing in the bundle is taken as true before something outside it vouches for it.
+        signer = establish_trust(path, params["trusted_keys"], params["checksum_verified"])
+        older = None if params["allow_downgrade"] else downgrade_from(path, params["deployed"])
+        if older:
+            module.fail_json(msg=f"bundle {path}: {older}. {NOTHING_DONE}", problems=[older])
         problems = [str(p) for p in verify_bundle(path)]
         if problems:
             module.fail_json(
                 msg=f"bundle {path} does not match its manifest, {len(problems)} problem(s):\n  "
-                + "\n  ".join(problems) + f"\nNothing was installed or served from it. Fix: {FIX}.",
+                + "\n  ".join(problems) + f"\n{NOTHING_DONE} Fix: {FIX}.",
                 problems=problems,
             )
-        module.exit_json(changed=False, problems=[], **summary(path))
+        module.exit_json(changed=False, problems=[], signer=signer, **summary(path))
     except BundleError as e:
-        module.fail_json(msg=str(e), problems=[str(e)])
+        module.fail_json(msg=f"{e}. {NOTHING_DONE}", problems=[str(e)])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import io
 import re
+import subprocess
 import threading
 from pathlib import Path
 
@@ -295,3 +296,83 @@ def test_a_damaged_cache_entry_is_fetched_again(upstream: str, tmp_path: Path) -
     (cache / SHA[:2] / SHA).write_bytes(b"tampered")
     assert bundle_downloads.download(f"{upstream}/file", tmp_path / "x", SHA, "x", cache=cache) == "downloaded"
     assert (cache / SHA[:2] / SHA).read_bytes() == PAYLOAD
+
+
+# ----------------------------------------------------------------------------- the release signature (real gpg)
+
+from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
+from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle_trust  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import build_bundle as bb  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import bundle_sign  # noqa: E402
+
+
+@pytest.fixture
+def release_key(tmp_path: Path):
+    """A throwaway ed25519 release key in a GNUPGHOME under tmp_path (the site's key, kept off the bundle)."""
+    home = tmp_path / "g"
+    home.mkdir(mode=0o700)
+    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "", "--quick-gen-key",
+                    "site release <release@airgap.invalid>", "ed25519", "sign", "never"], check=True, capture_output=True)
+    yield bundle_sign.signing_key("release@airgap.invalid", home)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
+
+
+def _gpgv(keyring_asc: Path, signature: Path, data: Path, tmp_path: Path) -> str:
+    """gpgv's VALIDSIG primary fingerprint, checked against the armored key file alone (as apt's signed-by does)."""
+    ring = tmp_path / "ring.gpg"
+    ring.write_bytes(bundle_trust.dearmor(keyring_asc.read_text(), str(keyring_asc)))
+    out = subprocess.run(["gpgv", "--homedir", str(tmp_path / "g"), "--status-fd", "1", "--keyring", str(ring),
+                          str(signature), str(data)], capture_output=True, text=True, check=True).stdout
+    return next(line.split()[-1] for line in out.splitlines() if line.startswith("[GNUPG:] VALIDSIG"))
+
+
+def test_sign_key_resolves_to_the_primary_fingerprint(release_key) -> None:
+    again = bundle_sign.signing_key(release_key.fingerprint.lower(), release_key.homedir)
+    assert again.fingerprint == release_key.fingerprint and re.fullmatch(r"[0-9A-F]{40}", again.fingerprint)
+
+
+def test_an_unknown_sign_key_fails_before_any_download_naming_the_fix(release_key, capsys) -> None:
+    code = bb.main(["--sign-key", "nobody@airgap.invalid", "--sign-homedir", str(release_key.homedir),
+                    "--out", str(release_key.homedir.parent / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--sign-key nobody@airgap.invalid: no secret key of that name in gpg's keyring in" in err
+    assert "gpg --list-secret-keys" in err
+    assert not (release_key.homedir.parent / "out").exists()
+
+
+def test_the_apt_repo_is_signed_by_the_release_key_when_one_is_given(release_key, tmp_path: Path) -> None:
+    bundle = tmp_path / "airgap-bundle"
+    (bundle / "apt" / "pool" / "bookworm" / "main").mkdir(parents=True)
+    bundle_apt.write_apt_repo(bundle, {"bookworm": ["amd64"]}, signer=release_key)
+    dists = bundle / "apt" / "dists" / "bookworm"
+    assert _gpgv(bundle / bundlefmt.APT_KEY, dists / "Release.gpg", dists / "Release", tmp_path) == \
+        release_key.fingerprint
+    clear = subprocess.run(["gpgv", "--homedir", str(tmp_path / "g"), "--keyring", str(tmp_path / "ring.gpg"),
+                            str(dists / "InRelease")], capture_output=True, text=True)
+    assert clear.returncode == 0, clear.stderr
+
+
+def _phases(tmp_path: Path, key) -> bb._Build:
+    bundle = tmp_path / "out" / bb.BUNDLE_NAME
+    (bundle / "files" / "example.com").mkdir(parents=True)
+    (bundle / "files" / "example.com" / "tool").write_bytes(b"\x7fELF tool")
+    options = bb.Options(out=tmp_path / "out", arches=["amd64"], suites=[], sign_key=key)
+    return bb._Build({}, {}, options, prog.Progress(live=False), tmp_path / "out", bundle, None, {})
+
+
+def test_a_signed_build_ships_the_public_key_records_the_signer_and_signs_the_manifest(release_key, tmp_path) -> None:
+    b = _phases(tmp_path, release_key)
+    bb._release_key(b)
+    manifest = bundlefmt.write_manifest(b.bundle, images={}, arches=["amd64"], signed_by=b.signer)
+    bb._sign(b)
+    assert manifest["signed_by"] == release_key.fingerprint
+    assert bundlefmt.RELEASE_KEY in manifest["files"]
+    assert bundle_trust.verify_signature(b.bundle, [release_key.fingerprint]) == release_key.fingerprint
+    assert bundlefmt.verify_bundle(b.bundle) == []  # the signature is beside the manifest, not in it
+    first = (b.bundle / bundlefmt.SIGNATURE).read_bytes()
+    bb._sign(b)  # the same manifest keeps its signature: a rerun packs the same tarball
+    assert (b.bundle / bundlefmt.SIGNATURE).read_bytes() == first
+    b.options.sign_key = None
+    bb._sign(b)
+    assert not (b.bundle / bundlefmt.SIGNATURE).exists()

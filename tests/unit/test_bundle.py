@@ -4,6 +4,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -222,3 +225,142 @@ def test_summary_names_the_smallest_mirrored_file_for_health_checks(bundle: Path
     summary = bf.summary(bundle)
     assert summary["sample_file"]["path"] == ETCD
     assert summary["repositories"] == ["registry.k8s.io/pause"]
+
+
+# --------------------------------------------------------------------------- trust from outside the bundle
+# Real gpg and gpgv, with throwaway keys in a GNUPGHOME under tmp_path.
+
+from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle_trust as bt  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import bundle_sign  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools.build_bundle import make_tarball  # noqa: E402
+
+
+@pytest.fixture
+def keys(tmp_path: Path):
+    """make(name) -> a new ed25519 release key (SigningKey) in a GNUPGHOME of this test; the agent is stopped after."""
+    home = tmp_path / "g"
+    home.mkdir(mode=0o700)
+
+    def make(name: str) -> bundle_sign.SigningKey:
+        subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "", "--quick-gen-key",
+                        f"{name} <{name}@airgap.invalid>", "ed25519", "sign", "never"], check=True, capture_output=True)
+        return bundle_sign.signing_key(f"{name}@airgap.invalid", home)
+
+    yield make
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
+
+
+def _sign(root: Path, key: bundle_sign.SigningKey) -> None:
+    """What build-bundle --sign-key does: ship the public key, record the signer, sign the manifest."""
+    (root / bf.RELEASE_KEY).parent.mkdir(parents=True, exist_ok=True)
+    (root / bf.RELEASE_KEY).write_text(bundle_sign.public_key(key))
+    _rewrite(root, signed_by=key.fingerprint)
+    bundle_sign.detach_sign(key, root / bf.MANIFEST, root / bf.SIGNATURE)
+
+
+def _rewrite(root: Path, **kw) -> dict:
+    """manifest.json written again for what the bundle now holds (what a tamperer with the builder's code does)."""
+    return bf.write_manifest(root, images={IMAGE: bf.read_tag_digest(root, IMAGE)}, arches=["amd64"],
+                             apt_suites=["bookworm"], **kw)
+
+
+def test_a_coordinated_tamper_passes_every_self_check_but_not_the_pinned_signature(bundle: Path, keys, tmp_path):
+    site = keys("site")
+    _sign(bundle, site)
+    assert bt.establish_trust(bundle, [site.fingerprint], checksum_verified=False) == site.fingerprint
+    # The file, its manifest entry and the tarball's .sha256, all changed together.
+    (bundle / ETCD).write_bytes(b"\x7fELF evil etcd")
+    _rewrite(bundle, signed_by=site.fingerprint)
+    tarball = make_tarball(bundle, tmp_path)
+    assert bf.verify_bundle(bundle) == []
+    assert (tmp_path / "bundle.tar.gz.sha256").read_text().split()[0] == bf.sha256_file(tarball)
+    with pytest.raises(bt.TrustError, match=r"manifest.json does not match its signature by key .*changed after signing"):
+        bt.establish_trust(bundle, [site.fingerprint], checksum_verified=False)
+
+
+def test_an_unsigned_bundle_is_refused_when_a_key_is_pinned(bundle: Path, keys) -> None:
+    site = keys("site")
+    with pytest.raises(bt.TrustError) as err:
+        bt.establish_trust(bundle, [site.fingerprint], checksum_verified=True)
+    assert f"is unsigned (no {bf.SIGNATURE}), and bundle_trusted_keys pins {site.fingerprint}" in str(err.value)
+    assert "run.sh build-bundle --sign-key" in str(err.value)
+
+
+def test_a_bundle_signed_by_another_key_is_refused_naming_signer_and_pins(bundle: Path, keys) -> None:
+    site, other = keys("site"), keys("other")
+    _sign(bundle, other)  # the other key's public half is shipped in the bundle too: it is not used
+    with pytest.raises(bt.TrustError) as err:
+        bt.verify_signature(bundle, [site.fingerprint])
+    assert f"is signed by key {other.fingerprint}, which is not pinned (bundle_trusted_keys pins {site.fingerprint})" \
+        in str(err.value)
+
+
+def test_a_swapped_shipped_key_does_not_stand_in_for_the_pinned_one(bundle: Path, keys) -> None:
+    site, other = keys("site"), keys("other")
+    _sign(bundle, other)
+    (bundle / bf.RELEASE_KEY).write_text(bundle_sign.public_key(other) + bundle_sign.public_key(site))
+    with pytest.raises(bt.TrustError, match=f"signed by key {other.fingerprint}, which is not pinned"):
+        bt.verify_signature(bundle, [site.fingerprint])
+
+
+def test_no_pinned_key_and_no_out_of_band_sha256_is_refused(bundle: Path, keys) -> None:
+    _sign(bundle, keys("site"))  # a signature nobody pinned proves nothing either
+    with pytest.raises(bt.TrustError) as err:
+        bt.establish_trust(bundle, [], checksum_verified=False)
+    assert "nothing outside the bundle vouches for it" in str(err.value)
+    assert "bundle_trusted_keys" in str(err.value) and "bundle_sha256" in str(err.value)
+    assert bt.establish_trust(bundle, [], checksum_verified=True) is None
+
+
+def test_a_pin_may_be_the_armored_key_or_a_key_file_without_the_shipped_copy(bundle: Path, keys, tmp_path) -> None:
+    site = keys("site")
+    _sign(bundle, site)
+    armored = bundle_sign.public_key(site)
+    (bundle / bf.RELEASE_KEY).write_text("")  # the bundle's copy is not needed when the pin carries the key
+    key_file = tmp_path / "site.asc"
+    key_file.write_text(armored)
+    assert bt.verify_signature(bundle, [armored]) == site.fingerprint
+    assert bt.verify_signature(bundle, [str(key_file)]) == site.fingerprint
+    spaced = " ".join(site.fingerprint[i:i + 4] for i in range(0, 40, 4)).lower()
+    assert bt.anchors([spaced]).fingerprints == {site.fingerprint}
+
+
+def test_a_key_id_is_not_accepted_as_a_pin(keys) -> None:
+    with pytest.raises(bt.TrustError, match="16 hex digits: a key id is no pin"):
+        bt.anchors([keys("site").fingerprint[-16:]])
+
+
+def test_an_older_bundle_than_the_served_one_is_a_downgrade(bundle: Path, tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    shutil.copytree(bundle, served)
+    _rewrite(served, created="2026-06-01T00:00:00Z")
+    _rewrite(bundle, created="2026-05-01T00:00:00Z")
+    problem = bf.downgrade_from(bundle, served)
+    assert problem and "is older than the one being served (built 2026-06-01T00:00:00Z" in problem
+    assert "bundle_allow_downgrade: true" in problem
+    _rewrite(bundle, created="2026-07-01T00:00:00Z")
+    assert bf.downgrade_from(bundle, served) is None
+    assert bf.downgrade_from(bundle, tmp_path / "nothing-served-yet") is None
+
+
+def test_the_serial_orders_bundles_before_their_dates(bundle: Path, tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    shutil.copytree(bundle, served)
+    _rewrite(served, created="2026-01-01T00:00:00Z", serial=7)
+    _rewrite(bundle, created="2026-02-01T00:00:00Z", serial=6)
+    assert "(built 2026-02-01T00:00:00Z, serial 6) is older" in str(bf.downgrade_from(bundle, served))
+
+
+@pytest.mark.parametrize("key", ["../../etc/shadow", "/etc/shadow", "keys/other.asc", "apt/dists/bookworm/InRelease"])
+def test_an_apt_key_path_other_than_the_bundles_own_is_refused(bundle: Path, key: str) -> None:
+    manifest = json.loads((bundle / bf.MANIFEST).read_text())
+    manifest["apt"]["key"] = key
+    (bundle / bf.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(bf.BundleError, match=f"apt.key is '{re.escape(key)}'; a bundle's apt key is always {bf.APT_KEY}"):
+        bf.verify_bundle(bundle)
+
+
+def test_an_apt_key_that_is_a_symlink_is_refused(bundle: Path) -> None:
+    (bundle / bf.APT_KEY).unlink()
+    (bundle / bf.APT_KEY).symlink_to("/etc/shadow")
+    assert ("modified", bf.APT_KEY) in [(p.kind, p.name) for p in bf.verify_bundle(bundle)]

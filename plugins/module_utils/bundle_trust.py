@@ -1,0 +1,245 @@
+"""Bundle trust: checks manifest.json's OpenPGP signature with gpgv against the pinned release keys only."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Union
+
+from ansible_collections.airgap.kubernetes.plugins.module_utils.bundle import (MANIFEST, RELEASE_KEY, SIGNATURE,
+                                                                             BundleError)
+
+PathLike = Union[str, os.PathLike]
+_BEGIN, _END = "-----BEGIN PGP PUBLIC KEY BLOCK-----", "-----END PGP PUBLIC KEY BLOCK-----"
+_PUBLIC_KEY, _PUBLIC_SUBKEY = 6, 14
+PIN_FIX = ("pin the site's release key in bundle_trusted_keys (its fingerprint: gpg --fingerprint <key>), "
+           "see docs/build-bundle.md")
+
+
+class TrustError(BundleError):
+    """The bundle's signature does not come from a pinned key; the message names the signer, the pins and the fix."""
+
+
+@dataclass
+class Anchors:
+    """The pinned keys: every fingerprint that may sign (primary keys and their subkeys), and the key material
+    given with the pins (armored text or files), as one binary keyring for gpgv."""
+
+    fingerprints: set = field(default_factory=set)
+    keyring: bytes = b""
+    shown: list = field(default_factory=list)  # one primary fingerprint per pin, for messages
+
+
+def _packets(data: bytes, source: str) -> Iterator[tuple[int, bytes, bytes]]:
+    """(tag, body, whole packet) for each OpenPGP packet of binary key data (RFC 4880 section 4.2)."""
+    i = 0
+    while i < len(data):
+        start, head = i, data[i]
+        if not head & 0x80:
+            raise TrustError(f"{source} is not OpenPGP key data (byte {i}): give an exported public key "
+                             "(gpg --armor --export <fingerprint>) or its fingerprint")
+        if head & 0x40:
+            tag, first = head & 0x3F, data[i + 1]
+            if first < 192:
+                length, i = first, i + 2
+            elif first < 224:
+                length, i = ((first - 192) << 8) + data[i + 2] + 192, i + 3
+            elif first == 255:
+                length, i = int.from_bytes(data[i + 2:i + 6], "big"), i + 6
+            else:
+                raise TrustError(f"{source} has a partial-length packet, which key data never has: re-export the key")
+        else:
+            tag, size = (head >> 2) & 0x0F, {0: 1, 1: 2, 2: 4}.get(head & 3)
+            if size is None:
+                raise TrustError(f"{source} has a packet of indeterminate length: re-export the key")
+            length, i = int.from_bytes(data[i + 1:i + 1 + size], "big"), i + 1 + size
+        if i + length > len(data):
+            raise TrustError(f"{source} is truncated: re-export the key")
+        yield tag, data[i:i + length], data[start:i + length]
+        i += length
+
+
+def _fingerprint(body: bytes, source: str) -> str:
+    if not body or body[0] != 4:
+        raise TrustError(f"{source} holds an OpenPGP v{body[0] if body else '?'} key; gpgv on Debian checks v4 keys: "
+                         "make the release key with Debian's gpg (docs/build-bundle.md)")
+    return hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body).hexdigest().upper()  # noqa: S324 (v4 fpr)
+
+
+def keys(data: bytes, source: str) -> list[tuple[str, set, bytes]]:
+    """Each transferable public key in binary key data: (primary fingerprint, all its fingerprints, its bytes)."""
+    found: list[tuple[str, set, bytes]] = []
+    for tag, body, raw in _packets(data, source):
+        if tag == _PUBLIC_KEY:
+            fpr = _fingerprint(body, source)
+            found.append((fpr, {fpr}, raw))
+        elif not found:
+            raise TrustError(f"{source} does not start with a public key: give the public key, not a secret key "
+                             "or a signature (gpg --armor --export <fingerprint>)")
+        else:
+            primary, fprs, blob = found[-1]
+            if tag == _PUBLIC_SUBKEY:
+                fprs.add(_fingerprint(body, source))
+            found[-1] = (primary, fprs, blob + raw)
+    if not found:
+        raise TrustError(f"{source} holds no public key: export one with gpg --armor --export <fingerprint>")
+    return found
+
+
+def dearmor(text: str, source: str) -> bytes:
+    """The binary key data of every ASCII-armored public key block in text (gpgv reads only binary keyrings)."""
+    blocks = re.findall(re.escape(_BEGIN) + r"(.*?)" + re.escape(_END), text, re.S)
+    if not blocks:
+        raise TrustError(f"{source} has no '{_BEGIN}' line: give the armored public key (gpg --armor --export)")
+    data = b""
+    for block in blocks:
+        lines = [line.strip() for line in block.strip("\r\n").splitlines()]
+        if "" in lines:  # armor headers (Comment: ...) end at the first blank line
+            lines = lines[lines.index("") + 1:]
+        b64 = "".join(line for line in lines if line and not line.startswith("=") and ": " not in line)
+        try:
+            data += base64.b64decode(b64, validate=True)
+        except ValueError as e:
+            raise TrustError(f"{source} is not valid armor ({e}): paste the key block as gpg printed it, "
+                             "in a YAML block scalar (|)") from e
+    return data
+
+
+def _normal_fingerprint(entry: str) -> Optional[str]:
+    hexed = re.sub(r"\s+", "", entry).upper()
+    hexed = hexed[2:] if hexed.startswith("0X") else hexed
+    return hexed if re.fullmatch(r"[0-9A-F]+", hexed) else None
+
+
+def anchors(trusted_keys: Iterable[str]) -> Anchors:
+    """Parse bundle_trusted_keys: each entry a 40-hex fingerprint, an armored public key, or the absolute path of a
+    public key file (armored or binary) on the host that verifies. Raises TrustError naming a bad entry."""
+    result = Anchors()
+    for n, entry in enumerate(trusted_keys, 1):
+        entry = str(entry).strip()
+        source = f"bundle_trusted_keys entry {n}"
+        hexed = _normal_fingerprint(entry)
+        if hexed is not None:
+            if len(hexed) != 40:
+                raise TrustError(f"{source} ({entry}) is {len(hexed)} hex digits: a key id is no pin (anyone can make a "
+                                 "key with the same id); give the full 40-hex fingerprint (gpg --fingerprint)")
+            result.fingerprints.add(hexed)
+            result.shown.append(hexed)
+            continue
+        if _BEGIN in entry:
+            data = dearmor(entry, source)
+        elif entry.startswith("/"):
+            source = f"{source} ({entry})"
+            try:
+                raw = Path(entry).read_bytes()
+            except OSError as e:
+                raise TrustError(f"{source} cannot be read ({e.strerror}): put the public key file there, "
+                                 "or pin its fingerprint instead") from e
+            data = dearmor(raw.decode("ascii", "replace"), source) if _BEGIN.encode() in raw else raw
+        else:
+            raise TrustError(f"{source} ({entry[:40]!r}) is neither a 40-hex fingerprint, nor an armored public key, "
+                             "nor an absolute path of a key file: fix the entry")
+        for primary, fprs, blob in keys(data, source):
+            result.fingerprints |= fprs
+            result.shown.append(primary)
+            result.keyring += blob
+    return result
+
+
+def _shipped_keyring(root: Path, pinned: set) -> bytes:
+    """The keys of the bundle's keys/release.asc whose fingerprint is pinned; the rest is never shown to gpgv."""
+    path = root / RELEASE_KEY
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return b""
+        found = keys(dearmor(path.read_text(errors="replace"), RELEASE_KEY), RELEASE_KEY)
+    except (OSError, TrustError):
+        return b""  # an unusable shipped key counts as no key: the signature check then names the signer
+    return b"".join(blob for _, fprs, blob in found if fprs & pinned)
+
+
+def _status(out: str) -> dict:
+    lines: dict = {}
+    for line in out.splitlines():
+        if line.startswith("[GNUPG:] "):
+            word, *args = line[9:].split()
+            lines.setdefault(word, []).append(args)
+    return lines
+
+
+def verify_signature(bundle_dir: PathLike, trusted_keys: Iterable[str], gpgv: str = "gpgv") -> str:
+    """Check manifest.json.asc with gpgv against the pinned keys only (a keyring made for this check; never the
+    host's). Returns the signer's primary fingerprint; raises TrustError naming the signer, the pins and the fix."""
+    root = Path(bundle_dir)
+    pins = anchors(trusted_keys)
+    if not pins.shown:
+        raise TrustError(f"no key is pinned, so no signature can be checked: {PIN_FIX}")
+    pinned = ", ".join(pins.shown)
+    manifest, signature = root / MANIFEST, root / SIGNATURE
+    if not manifest.is_file():
+        raise BundleError(f"{manifest} does not exist: this is not an unpacked bundle")
+    if not os.path.lexists(signature):
+        raise TrustError(f"{root} is unsigned (no {SIGNATURE}), and bundle_trusted_keys pins {pinned}: build the "
+                         f"bundle with `run.sh build-bundle --sign-key <release key>`, or copy {SIGNATURE} too if "
+                         "the copy left it out")
+    if not stat.S_ISREG(signature.lstat().st_mode):
+        raise TrustError(f"{signature} is not a regular file: re-copy the bundle from the medium")
+    home = tempfile.mkdtemp(prefix="agv-")
+    try:
+        ring = Path(home) / "pinned.gpg"
+        ring.write_bytes(pins.keyring + _shipped_keyring(root, pins.fingerprints))
+        try:
+            proc = subprocess.run([gpgv, "--homedir", home, "--status-fd", "1", "--keyring", str(ring),
+                                   str(signature), str(manifest)], capture_output=True, text=True, timeout=120)
+        except FileNotFoundError:
+            raise TrustError(f"{gpgv} is not installed here: apt-get install gpgv (apt itself needs it)") from None
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    status = _status(proc.stdout)
+    if len(status.get("NEWSIG", [])) != 1:
+        raise TrustError(f"{signature} holds {len(status.get('NEWSIG', []))} signatures, build-bundle writes one: "
+                         "re-copy the bundle from the medium")
+    for word, why in (("EXPKEYSIG", "an expired key"), ("REVKEYSIG", "a revoked key"), ("EXPSIG", "an expired signature")):
+        if word in status:
+            raise TrustError(f"{manifest} is signed with {why} ({status[word][0][0]}): sign the bundle again with a "
+                             f"valid release key and pin it (pinned: {pinned})")
+    if "BADSIG" in status:
+        raise TrustError(f"{manifest} does not match its signature by key {status['BADSIG'][0][0]}: it was changed "
+                         "after signing. Re-copy the bundle from the medium; if that does not help, the medium was "
+                         "tampered with: do not use it")
+    if "ERRSIG" in status:
+        args = status["ERRSIG"][0]
+        signer = args[6] if len(args) > 6 and args[6] != "-" else f"with id {args[0]}"
+        raise TrustError(f"{manifest} is signed by key {signer}, which is not pinned (bundle_trusted_keys pins "
+                         f"{pinned}): this bundle was not signed by your site's release key. If {signer} is your new "
+                         "release key, add its fingerprint to bundle_trusted_keys; otherwise do not use this bundle")
+    valid = status.get("VALIDSIG", [])
+    if proc.returncode != 0 or len(valid) != 1:
+        raise TrustError(f"gpgv could not check {signature} ({proc.returncode}): {proc.stderr.strip()[-500:]}: "
+                         "re-copy the bundle from the medium")
+    signing, primary = valid[0][0], valid[0][-1]
+    if signing not in pins.fingerprints and primary not in pins.fingerprints:
+        raise TrustError(f"{manifest} is signed by key {primary}, which is not pinned (bundle_trusted_keys pins "
+                         f"{pinned}): do not use this bundle, or pin that key if it is yours")
+    return primary
+
+
+def establish_trust(bundle_dir: PathLike, trusted_keys: Iterable[str], checksum_verified: bool) -> Optional[str]:
+    """What vouches for the bundle from outside it: the pinned keys' signature (returns the signer), else the
+    tarball's sha256 as the operator gave it (checksum_verified; returns None). Raises TrustError when neither."""
+    trusted_keys = list(trusted_keys or [])
+    if trusted_keys:
+        return verify_signature(bundle_dir, trusted_keys)
+    if checksum_verified:
+        return None
+    raise TrustError(f"bundle {bundle_dir}: nothing outside the bundle vouches for it (no key in bundle_trusted_keys, "
+                     "no bundle_sha256 checked against its tarball), and a bundle never vouches for itself: the "
+                     f".sha256 beside the tarball travels with it. Fix: {PIN_FIX}; or give the tarball and set "
+                     "bundle_sha256 to its sha256 as you got it out of band")
