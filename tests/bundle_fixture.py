@@ -1,10 +1,15 @@
 """Test fixture: builds a small but real bundle (Debian binaries, a signed apt repo, registry storage) in the bundle format.
 
-CLI: python3 tests/bundle_fixture.py OUT_DIR   -> OUT_DIR/airgap-bundle/, OUT_DIR/bundle.tar.gz(.sha256)
+Every bundle it packs is signed by the fixture's release key (made once, cached outside any bundle): pin it with
+release_fingerprint(), or with OUT_DIR/release-key.asc, the public key written beside the tarball.
+
+CLI: python3 tests/bundle_fixture.py OUT_DIR   -> OUT_DIR/airgap-bundle/, OUT_DIR/bundle.tar.gz(.sha256),
+                                                 OUT_DIR/release-key.asc
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -24,6 +29,7 @@ if str(REPO / ".collections") not in sys.path:
 from ansible_collections.airgap.kubernetes.tools import build_bundle as builder  # noqa: E402
 from ansible_collections.airgap.kubernetes.tools.bundle_apt import write_apt_repo  # noqa: E402
 from ansible_collections.airgap.kubernetes.tools.bundle_images import local_registry  # noqa: E402
+from ansible_collections.airgap.kubernetes.tools import bundle_sign  # noqa: E402
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt  # noqa: E402
 
 CACHE = Path(os.environ.get("AIRGAP_CACHE", Path.home() / ".cache" / "airgap-kubernetes")) / "bundle-fixture"
@@ -39,6 +45,9 @@ IMAGES = {
     "registry.k8s.io/pause:3.10.2": 'ENTRYPOINT ["/bin/sleep", "infinity"]',
 }
 BUNDLE_NAME = "airgap-bundle"
+# The fixture's release key: a throwaway ed25519 key with no passphrase, made once (a short path: gpg-agent's socket).
+RELEASE_HOME = CACHE / "release-key"
+RELEASE_KEY_FILE = "release-key.asc"
 
 
 @dataclass
@@ -98,13 +107,37 @@ def add_files(bundle: Path) -> dict[str, str]:
     return versions
 
 
+def release_key() -> bundle_sign.SigningKey:
+    """The fixture's release key, made on first use (under a lock: tests run side by side)."""
+    RELEASE_HOME.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(RELEASE_HOME.parent / "release-key.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (RELEASE_HOME / "fingerprint").exists():
+            RELEASE_HOME.chmod(0o700)
+            _run(["gpg", "--homedir", str(RELEASE_HOME), "--batch", "--passphrase", "", "--quick-gen-key",
+                  "airgap.kubernetes test fixture release key <fixture@airgap.invalid>", "ed25519", "sign", "never"])
+            fpr = bundle_sign.signing_key("fixture@airgap.invalid", RELEASE_HOME).fingerprint
+            (RELEASE_HOME / "fingerprint").write_text(fpr + "\n")
+    return bundle_sign.SigningKey((RELEASE_HOME / "fingerprint").read_text().strip(), RELEASE_HOME)
+
+
+def release_fingerprint() -> str:
+    """What a test inventory pins in bundle_trusted_keys (the bundle carries the public key, keys/release.asc)."""
+    return release_key().fingerprint
+
+
+def sign(bundle: Path) -> None:
+    """manifest.json.asc for the bundle's manifest as it is now, by the fixture's release key."""
+    bundle_sign.detach_sign(release_key(), bundle / bundlefmt.MANIFEST, bundle / bundlefmt.SIGNATURE)
+
+
 def add_apt_repo(bundle: Path) -> None:
-    """apt/dists/<suite> and apt/pool/<suite>, Release signed with a key made for this bundle (keys/bundle-apt.asc)."""
+    """apt/dists/<suite> and apt/pool/<suite>, Release signed with the fixture's release key (keys/bundle-apt.asc)."""
     pool = bundle / "apt" / "pool" / SUITE / "main"
     pool.mkdir(parents=True)
     for deb in download_debs(APT_PACKAGES, closure=True):
         shutil.copyfile(deb, pool / deb.name)
-    write_apt_repo(bundle, {SUITE: [ARCH]})
+    write_apt_repo(bundle, {SUITE: [ARCH]}, signer=release_key())
 
 
 def _local_images() -> dict[str, str]:
@@ -143,7 +176,10 @@ def add_registry(bundle: Path) -> dict[str, str]:
 
 
 def make_tarball(bundle: Path, out: Path) -> Path:
-    """bundle.tar.gz with one top-level directory, and bundle.tar.gz.sha256 beside it (sha256sum format)."""
+    """bundle.tar.gz with one top-level directory, its manifest signed as it is now by the release key;
+    bundle.tar.gz.sha256 (sha256sum format) and the public key (release-key.asc) beside it."""
+    sign(bundle)
+    (Path(out) / RELEASE_KEY_FILE).write_text(bundle_sign.public_key(release_key()))
     return builder.make_tarball(bundle, out)
 
 
@@ -158,8 +194,11 @@ def build_bundle(out: Path, tarball: bool = True) -> FixtureBundle:
     add_apt_repo(bundle)
     images = add_registry(bundle)
     versions["busybox"] = "1.35.0"
+    (bundle / bundlefmt.RELEASE_KEY).write_text(bundle_sign.public_key(release_key()))
     manifest = bundlefmt.write_manifest(bundle, images=images, arches=[ARCH], apt_suites=[SUITE],
-                                        versions=versions, config={"source": "tests/bundle_fixture.py"})
+                                        versions=versions, config={"source": "tests/bundle_fixture.py"},
+                                        signed_by=release_fingerprint())
+    sign(bundle)
     return FixtureBundle(bundle, make_tarball(bundle, out) if tarball else None, manifest)
 
 

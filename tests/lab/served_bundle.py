@@ -21,9 +21,10 @@ IMAGE = "airgap-lab-node:bookworm"
 ARCHIVE = "/srv/airgap/bundle.tar.gz"
 BUNDLE = "/srv/airgap/bundle"
 PKI = "/etc/airgap-kubernetes/pki"
-# The node shares the host's kernel clock: chrony serves time but must not set it.
+# The node shares the host's kernel clock: chrony serves time but must not set it. The fixture signs every bundle it
+# packs with its release key, pinned here by fingerprint as a site pins its own.
 ROLE_VARS = {"bundle_server_bundle_archive": ARCHIVE, "bundle_server_chrony_daemon_opts": "-F 1 -x",
-             "bundle_server_ntp_allow": ["127.0.0.0/8"]}
+             "bundle_server_ntp_allow": ["127.0.0.0/8"], "bundle_trusted_keys": [bundle_fixture.release_fingerprint()]}
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -92,6 +92,8 @@ def served(built: Path, the_lab: lab.Lab, tmp_path_factory: pytest.TempPathFacto
         "    - role: airgap.kubernetes.cluster_defaults\n"
         "    - role: airgap.kubernetes.bundle_server\n      vars:\n"
         "        bundle_server_bundle_archive: /srv/airgap/bundle.tar.gz\n"
+        # Built unsigned: the operator gives the tarball's sha256 out of band, as a site without a release key must.
+        f"        bundle_sha256: {(built / 'bundle.tar.gz.sha256').read_text().split()[0]}\n"
         "        # The lab's hosts share the machine's kernel clock: chrony must not set it.\n"
         "        bundle_server_chrony_daemon_opts: \"-F 1 -x\"\n"
         "        # The nodes' subnet: the lab's network.\n"

@@ -1,4 +1,6 @@
-"""Specification: the bundle_server role refuses a tampered bundle, naming the file and the image, before it changes the host."""
+"""Specification: the bundle_server role refuses a tampered bundle, naming the file and the image, before it changes the host;
+and a coordinated tamper (a file, its manifest entry and the tarball's .sha256) by its signature, before it changes the
+served tree."""
 from __future__ import annotations
 
 import json
@@ -19,6 +21,9 @@ import bundle_fixture  # noqa: E402
 ETCD = "files/github.com/etcd-io/etcd/releases/download/v3.4.23/etcd"
 PAUSE = "registry.k8s.io/pause:3.10.2"
 BUNDLE_ON_HOST = "/srv/airgap/bundle"
+ARCHIVE_ON_HOST = "/srv/airgap/bundle.tar.gz"
+
+from ansible_collections.airgap.kubernetes.tools import build_bundle as builder  # noqa: E402
 
 from .served_bundle import IMAGE, changes, docker  # noqa: E402
 
@@ -50,38 +55,68 @@ def tampered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 @pytest.fixture
-def bundle_host(tampered: tuple[Path, str]) -> str:
-    """A lab node with no network at all, the tampered bundle at /srv/airgap/bundle."""
+def coordinated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the signed fixture bundle, a tarball of it with etcd changed, its manifest entry changed to match and a
+    .sha256 that matches the tarball): everything a bundle can say about itself agrees."""
+    out = tmp_path_factory.mktemp("coordinated")
+    bundle = bundle_fixture.build_bundle(out, tarball=False).dir
+    copy = out / "tampered" / bundle.name
+    shutil.copytree(bundle, copy, symlinks=True)
+    with open(copy / ETCD, "ab") as f:
+        f.write(b"\0")
+    manifest = json.loads((copy / bundlefmt.MANIFEST).read_text())
+    manifest["files"][ETCD] = {"sha256": bundlefmt.sha256_file(copy / ETCD), "size": (copy / ETCD).stat().st_size}
+    (copy / bundlefmt.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    assert bundlefmt.verify_bundle(copy) == []
+    tarball = builder.make_tarball(copy, out / "tampered")  # not the fixture's, which would sign it again
+    return bundle, tarball
+
+
+def _host(name: str) -> str:
+    """A lab node with no network at all."""
     if not docker("images", "-q", IMAGE).stdout.strip():
         pytest.skip(f"{IMAGE} is missing: python3 tools/lab/lab.py image --release bookworm")
-    name = f"t{os.getpid()}-bundle-tamper"
     docker("rm", "-f", name, check=False)
     docker("run", "-d", "--name", name, "--network", "none", "--entrypoint", "sleep", IMAGE, "infinity")
+    docker("exec", name, "mkdir", "-p", "/srv/airgap")
+    return name
+
+
+@pytest.fixture
+def bundle_host(tampered: tuple[Path, str]) -> str:
+    """A lab node with no network at all, the tampered bundle at /srv/airgap/bundle."""
+    name = f"t{os.getpid()}-bundle-tamper"
     try:
-        docker("exec", name, "mkdir", "-p", "/srv/airgap")
-        docker("cp", str(tampered[0]), f"{name}:{BUNDLE_ON_HOST}")
+        docker("cp", str(tampered[0]), f"{_host(name)}:{BUNDLE_ON_HOST}")
         yield name
     finally:
         docker("rm", "-f", name, check=False)
 
 
-def test_role_refuses_tampered_file_and_image_by_name_before_changing_the_host(
-    bundle_host: str, tampered: tuple[Path, str], tmp_path: Path
-) -> None:
-    before = changes(bundle_host)
+def _serve(tmp_path: Path, host: str, role_vars: dict) -> str:
+    """ansible-playbook with the bundle_server role on host; fails the test if it succeeds; returns its output."""
     (tmp_path / "hosts.yml").write_text(json.dumps(
-        {"all": {"hosts": {bundle_host: {"ansible_connection": "community.docker.docker",
-                                         "ansible_python_interpreter": "/usr/bin/python3"}}}}))
-    (tmp_path / "serve.yml").write_text(
-        "- name: Serve the bundle\n  hosts: all\n  gather_facts: false\n  tasks:\n"
-        "    - name: Serve it\n      ansible.builtin.include_role:\n        name: airgap.kubernetes.bundle_server\n"
-        f"      vars:\n        bundle_server_bundle_dir: {BUNDLE_ON_HOST}\n")
+        {"all": {"hosts": {host: {"ansible_connection": "community.docker.docker",
+                                  "ansible_python_interpreter": "/usr/bin/python3"}}}}))
+    (tmp_path / "serve.yml").write_text(json.dumps([{
+        "name": "Serve the bundle", "hosts": "all", "gather_facts": False,
+        "tasks": [{"name": "Serve it", "ansible.builtin.include_role": {"name": "airgap.kubernetes.bundle_server"},
+                   "vars": {"bundle_server_bundle_dir": BUNDLE_ON_HOST,
+                            "bundle_trusted_keys": [bundle_fixture.release_fingerprint()], **role_vars}}]}]))
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(["ansible-playbook", "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "serve.yml")],
                           cwd=REPO, env=env, text=True, capture_output=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
+    return out
+
+
+def test_role_refuses_tampered_file_and_image_by_name_before_changing_the_host(
+    bundle_host: str, tampered: tuple[Path, str], tmp_path: Path
+) -> None:
+    before = changes(bundle_host)
+    out = _serve(tmp_path, bundle_host, {})
     assert "Verify the bundle against its manifest" in out, out
     assert f"{ETCD}: is modified" in out
     assert f"{PAUSE}: config blob {tampered[1]} is modified" in out
@@ -91,3 +126,31 @@ def test_role_refuses_tampered_file_and_image_by_name_before_changing_the_host(
     assert changes(bundle_host) == before, "the role changed the host before refusing the bundle"
     for path in ("/etc/apt/sources.list.d/airgap-bundle.sources", "/etc/airgap-kubernetes", "/etc/docker/registry"):
         assert docker("exec", bundle_host, "test", "-e", path, check=False).returncode != 0, path
+
+
+def test_role_refuses_a_coordinated_tamper_by_its_signature_before_changing_the_served_tree(
+    coordinated: tuple[Path, Path], tmp_path: Path
+) -> None:
+    served, tarball = coordinated
+    name = f"t{os.getpid()}-bundle-coordinated"
+    try:
+        host = _host(name)
+        docker("cp", str(served), f"{host}:{BUNDLE_ON_HOST}")  # the bundle served now: the signed original
+        for suffix in ("", ".sha256"):
+            docker("cp", f"{tarball}{suffix}", f"{host}:{ARCHIVE_ON_HOST}{suffix}")
+        tree = "cd /srv/airgap/bundle && find . -print0 | sort -z | xargs -0 sha256sum 2>/dev/null; ls -a /srv/airgap"
+        before_tree, before = docker("exec", host, "sh", "-c", tree).stdout, changes(host)
+        out = _serve(tmp_path, host, {"bundle_server_bundle_archive": ARCHIVE_ON_HOST})
+        assert "Verify the new bundle against its manifest" in out, out[-3000:]
+        assert "manifest.json does not match its signature by key" in out and "changed after signing" in out, out[-3000:]
+        assert "Swap the new bundle in" not in out
+        assert docker("exec", host, "sh", "-c", tree).stdout.replace("bundle.new\n", "") == before_tree, \
+            "the served tree changed"
+        # The only change: the unpacked, refused tree beside the served one (removed by the next run).
+        assert {line for line in changes(host) - before if "/srv/airgap/bundle.new" not in line} <= {
+            "C /srv", "C /srv/airgap", "A /srv/airgap/bundle.new"}, changes(host) - before
+        for path in ("/etc/apt/sources.list.d/airgap-bundle.sources", "/etc/airgap-kubernetes", "/etc/docker/registry",
+                     f"{BUNDLE_ON_HOST}.archive-sha256"):
+            assert docker("exec", host, "test", "-e", path, check=False).returncode != 0, path
+    finally:
+        docker("rm", "-f", name, check=False)

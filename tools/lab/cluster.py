@@ -92,15 +92,17 @@ def build_bundle(the_lab: "lab.Lab", log: Callable[[str], None] = print) -> Path
         builder_vars.write_text("---\n" + yaml.safe_dump(builder_only, sort_keys=True))
         out = the_lab.dir / "bundle"
         # Rebuilding signs the apt repo with a new key, a real change on every node: only when an input changed.
-        stamp = _bundle_inputs(inventory_dir, config)
+        stamp = _bundle_inputs(inventory_dir, config) + lab.release_key()[1]
         stamp_file = out / ".built-from"
         if (stamp_file.exists() and stamp_file.read_text() == stamp and (out / "bundle.tar.gz").exists()
                 and (out / "airgap-bundle" / "manifest.json").exists()):
             log(f"bundle in {out} was built from the same inputs: reusing it")
             return out
         stamp_file.unlink(missing_ok=True)
+        key_home, key = lab.release_key()
         cmd = [str(REPO / "run.sh"), "build-bundle", "-i", str(inventory_dir), "-e", f"@{builder_vars}", "--arch", "amd64",
-               "--os", OS_OF_RELEASE[the_lab.release], "--out", str(out), "--no-wheelhouse", "--progress", "lines"]
+               "--os", OS_OF_RELEASE[the_lab.release], "--out", str(out), "--no-wheelhouse", "--progress", "lines",
+               "--sign-key", key, "--sign-homedir", str(key_home)]
         log("$ " + " ".join(cmd))
         # Its progress lines (stderr) as they come; its summary (stdout) only on failure.
         proc = progress.run_streaming(cmd, log, cwd=REPO)
@@ -136,9 +138,11 @@ def prepare(name: str, nodes: int, release: str = lab.DEFAULT_RELEASE, etcd: Opt
     seconds["build-bundle"] = time.monotonic() - t0
     bundle_vars = {
         "bundle_server_bundle_upload": str(out / "bundle.tar.gz"),
+        "bundle_trusted_keys": [lab.release_key()[1]],
     }
     (the_lab.dir / "inventory" / "group_vars" / "all" / "bundle.yml").write_text(
-        "---\n# Written by tools/lab/cluster.py: layer 01 copies this controller's bundle to the bundle host.\n"
+        "---\n# Written by tools/lab/cluster.py: layer 01 copies this controller's bundle to the bundle host; the bundle\n"
+        "# is signed by the labs' release key (tools/lab/lab.py release_key), pinned here by its fingerprint.\n"
         + yaml.safe_dump(bundle_vars))
     return Prepared(the_lab, the_lab.dir / "inventory" / "hosts.yml", out / "airgap-bundle", seconds)
 

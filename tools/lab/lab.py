@@ -28,6 +28,9 @@ NODE_SETTINGS = HERE / "node-settings.yml"
 CACHE_DIR = Path(os.environ.get("AIRGAP_CACHE",
                                Path.home() / ".cache" / "airgap-kubernetes")) / "lab"
 LAB_ROOT = Path(os.environ.get("AIRGAP_LAB_ROOT", REPO / ".lab"))
+# The labs' site release key (a gpg home): signs every lab bundle, pinned in the lab inventory. Kept outside any
+# bundle and any lab, as a site keeps its key off the medium; made once, shared by all labs.
+RELEASE_KEY_HOME = CACHE_DIR / "release-key"
 
 RELEASES = ("bookworm", "trixie")
 DEFAULT_RELEASE = "bookworm"
@@ -550,6 +553,23 @@ def write_inventory(lab: Lab) -> Path:
     _write(inv / "hosts.yml", render_hosts_yml(lab))
     _write(inv / "group_vars" / "all" / "lab.yml", render_lab_vars(lab))
     return inv
+
+
+def release_key() -> tuple[Path, str]:
+    """(gpg home, fingerprint) of the labs' release key: ed25519 without a passphrase, made on first use."""
+    fingerprint = RELEASE_KEY_HOME / "fingerprint"
+    with _file_lock(CACHE_DIR / "release-key.lock"):
+        if not fingerprint.exists():
+            shutil.rmtree(RELEASE_KEY_HOME, ignore_errors=True)
+            RELEASE_KEY_HOME.mkdir(parents=True, mode=0o700)
+            home = ["gpg", "--homedir", str(RELEASE_KEY_HOME), "--batch"]
+            _run(home + ["--passphrase", "", "--quick-gen-key", "airgap.kubernetes lab release key "
+                         "<lab-release@airgap.invalid>", "ed25519", "sign", "never"])
+            listing = _run(home + ["--with-colons", "--list-secret-keys"]).stdout
+            fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+            _run(["gpgconf", "--homedir", str(RELEASE_KEY_HOME), "--kill", "gpg-agent"], check=False)
+            fingerprint.write_text(fpr + "\n")
+    return RELEASE_KEY_HOME, fingerprint.read_text().strip()
 
 
 def _make_key(lab: Lab) -> str:
