@@ -111,7 +111,7 @@ def _switches(args: argparse.Namespace, command: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def confirm_removal(inventory: Path, yes: bool, stdin=sys.stdin, out=sys.stdout) -> None:
+def confirm_removal(inventory: Path, yes: bool, stdin=sys.stdin, out=sys.stdout, bundle_server: bool = False) -> None:
     """remove-cluster asks on a terminal; without one it needs --yes."""
     if yes:
         return
@@ -119,7 +119,10 @@ def confirm_removal(inventory: Path, yes: bool, stdin=sys.stdin, out=sys.stdout)
         raise steps.StepError("remove-cluster removes the cluster from every host: pass --yes to confirm "
                               "when no terminal can ask")
     out.write(f"remove-cluster resets every node of {inventory}: Kubernetes, etcd (its data and snapshots too), "
-              f"the runtime and what layer 01 installed. Type 'yes' to go on: ")
+              f"the runtime and what layer 01 installed"
+              + (", and the bundle server: its bundle, registry, certificates and packages" if bundle_server else
+                 "; the bundle server is kept")
+              + ". Type 'yes' to go on: ")
     out.flush()
     if stdin.readline().strip() != "yes":
         raise steps.StepError("remove-cluster not confirmed: nothing was changed")
@@ -195,7 +198,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         run = _make_run(args, args.command, inventory)
         if args.command == "remove-cluster":
-            confirm_removal(inventory, args.yes)
+            confirm_removal(inventory, args.yes, bundle_server=args.with_bundle_server)
         # deploy-cluster deploys the layers this version has, then names the first missing one (exit 3);
         # the other commands refuse to start when a playbook they need is missing.
         code = steps.execute(run, args.from_step, args.only_step, _tool("ansible-playbook"),

@@ -60,7 +60,7 @@ def prepared():
             "$(dpkg-query -W -f '${Package}\\n' 'python3*' 'libpython3*') && ! command -v python3"]
         subprocess.run(purge, check=True, capture_output=True, timeout=300)
         # Each node as it is before the deploy, for remove-cluster to be compared with.
-        BEFORE.update({h: node_state(ready, h) for h in CONTROL_PLANES + WORKERS + (SPARE,)})
+        BEFORE.update({h: node_state(ready, h) for h in CONTROL_PLANES + WORKERS + (SPARE, "bundle")})
         print(f"\nprepared in {', '.join(f'{k} {v:.1f} s' for k, v in ready.seconds.items())}")
         yield ready
     finally:
@@ -579,10 +579,10 @@ def test_remove_node_force_takes_a_stopped_node_out_of_the_cluster(prepared, add
     drop_from_inventory(prepared, "node5")
 
 
-def test_remove_cluster_leaves_every_node_as_it_was_before_the_deploy(prepared, added):
+def test_remove_cluster_leaves_every_node_and_the_bundle_server_as_they_were_before_the_deploy(prepared, added):
     # The tests' own file (the balancer test's kubeconfig), not the deploy's.
     ssh(prepared, "node4", "rm -f /root/admin-lb.conf")
-    proc = run_sh(prepared, "remove-cluster", "--yes")
+    proc = run_sh(prepared, "remove-cluster", "--yes", "--with-bundle-server")
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "step file cleared" in proc.stdout
     diffs = {host: node_states.differences(before, node_state(prepared, host)) for host, before in BEFORE.items()}
@@ -590,7 +590,7 @@ def test_remove_cluster_leaves_every_node_as_it_was_before_the_deploy(prepared, 
 
 
 def test_a_second_remove_cluster_changes_nothing(prepared, added):
-    proc = run_sh(prepared, "remove-cluster", "--yes")
+    proc = run_sh(prepared, "remove-cluster", "--yes", "--with-bundle-server")
     assert proc.returncode == 0, proc.stdout[-4000:]
     hosts = cluster.play_recap(log_of(prepared, "remove-cluster"))
     assert hosts and all(c["changed"] == 0 and c["failed"] == 0 for c in hosts.values()), hosts

@@ -120,8 +120,11 @@ def test_remove_cluster_on_a_terminal_goes_on_only_after_yes(inventory):
     out = io.StringIO()
     with pytest.raises(steps.StepError, match="not confirmed: nothing was changed"):
         cli.confirm_removal(inventory, False, stdin=_Tty("no\n"), out=out)
-    assert "Type 'yes'" in out.getvalue()
+    assert "Type 'yes'" in out.getvalue() and "the bundle server is kept" in out.getvalue()
     cli.confirm_removal(inventory, False, stdin=_Tty("yes\n"), out=io.StringIO())
+    out = io.StringIO()
+    cli.confirm_removal(inventory, False, stdin=_Tty("yes\n"), out=out, bundle_server=True)
+    assert "and the bundle server: its bundle" in out.getvalue()
 
 
 @pytest.mark.parametrize("name", ["scale-nodes", "remove-node", "remove-cluster"])
