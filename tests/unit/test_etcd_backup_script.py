@@ -8,10 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from local_play import render_templates
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(os.environ.get("AIRGAP_VENV", Path.home() / ".cache" / "airgap-kubernetes" / "venv")) / "bin"
 HOST = "node1"
 KEEP = 3
 STAMP = re.compile(r"^etcd-node1-\d{8}T\d{6}\.\d{9}Z\.db$")
@@ -37,16 +35,9 @@ def script(tmp_path_factory) -> dict:
     etcdctl.write_text(FAKE_ETCDCTL)
     etcdctl.chmod(0o755)
     rendered = root / "etcd-backup"
-    play = [{"hosts": HOST, "gather_facts": False, "tasks": [{"name": "Render the backup script", "ansible.builtin.template": {
-        "src": str(REPO / "roles/etcd/templates/etcd-backup.sh.j2"), "dest": str(rendered), "mode": "0755"}}],
-        "vars": {"etcd_config_dir": str(paths["config dir"]), "etcd_bin_dir": str(paths["bin dir"]),
-                 "etcd_backup_dir": str(paths["backup dir"]), "etcd_backup_retention": KEEP}}]
-    (root / "play.yml").write_text(yaml.safe_dump(play))
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
-    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", f"{HOST},", "-c", "local", "-e",
-                           f"ansible_python_interpreter={VENV_BIN / 'python'}", str(root / "play.yml")],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    render_templates(root, HOST, {"etcd_config_dir": str(paths["config dir"]), "etcd_bin_dir": str(paths["bin dir"]),
+                                  "etcd_backup_dir": str(paths["backup dir"]), "etcd_backup_retention": KEEP},
+                     {"etcd/templates/etcd-backup.sh.j2": rendered})
     return {"script": rendered, "dir": paths["backup dir"]}
 
 

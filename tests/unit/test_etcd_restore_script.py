@@ -1,16 +1,13 @@
 """Specification of etcd-restore (roles/etcd/templates/etcd-restore.sh.j2) with the etcd.env it sources, both rendered
 by a real ansible-playbook with paths that need quoting, and run by /bin/sh on real files. etcdutl and systemctl are
 stand-ins that record their arguments (no etcd runs here; molecule/etcd restores a real cluster)."""
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
+from local_play import render_templates
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(os.environ.get("AIRGAP_VENV", Path.home() / ".cache" / "airgap-kubernetes" / "venv")) / "bin"
 PEER = "https://10.0.0.1:2380"
 CLUSTER = f"node1={PEER},node2=https://10.0.0.2:2380"
 # etcdutl's offline commands as etcd-restore uses them: status reads the file, restore writes <data-dir>/member.
@@ -50,18 +47,10 @@ def rendered(tmp_path_factory) -> dict:
                  "etcd_initial_cluster": CLUSTER, "etcd_cluster_token": "airgap etcd",
                  "etcd_heartbeat_interval": 100, "etcd_election_timeout": 1000, "etcd_quota_backend_bytes": 2147483648,
                  "etcd_auto_compaction_retention": "8", "etcd_extra_env": {"ETCD_LOG_LEVEL": "warn"}}
-    templates = {"etcd-restore.sh.j2": tmp_path / "etcd-restore", "etcd.env.j2": paths["etc dir"] / "etcd.env"}
-    play = [{"hosts": "node1", "gather_facts": False, "vars": variables, "tasks": [
-        {"name": "Render the restore command and the member's environment", "loop": [
-            {"src": str(REPO / "roles/etcd/templates" / src), "dest": str(dest)} for src, dest in templates.items()],
-         "ansible.builtin.template": {"src": "{{ item.src }}", "dest": "{{ item.dest }}", "mode": "0755"}}]}]
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
-    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "node1,", "-c", "local", "-e",
-                           f"ansible_python_interpreter={VENV_BIN / 'python'}", str(tmp_path / "play.yml")],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {"script": templates["etcd-restore.sh.j2"], "snapshot": tmp_path / "etcd-node1-20260101T000000.000000000Z.db",
+    templates = {"etcd/templates/etcd-restore.sh.j2": tmp_path / "etcd-restore",
+                 "etcd/templates/etcd.env.j2": paths["etc dir"] / "etcd.env"}
+    render_templates(tmp_path, "node1", variables, templates)
+    return {"script": templates["etcd/templates/etcd-restore.sh.j2"], "snapshot": tmp_path / "etcd-node1-20260101T000000.000000000Z.db",
             "data": data, "calls": tmp_path / "calls", "path": f"{paths['tools']}:/usr/bin:/bin",
             "bin": paths["bin dir"]}
 
