@@ -18,14 +18,6 @@ INVENTORY_VALUE = re.compile(r"\b(inventory_hostname|\w+_(dir|path|file|socket|u
 # The filters that make a value a safe shell word (a number is one too).
 SAFE_END = re.compile(r"\|\s*(quote|int|b64encode)\s*\)?\s*$")
 EXPRESSION = re.compile(r"\{\{(.*?)\}\}", re.S)
-# Files that concurrent changes rewrite; they are checked once those changes land (remove them from here then).
-PENDING = {
-    "roles/etcd/tasks/service.yml", "roles/etcd/tasks/certs.yml", "roles/etcd/tasks/issue_certs.yml",
-    "roles/bundle_server/tasks/pki.yml", "roles/bundle_server/tasks/unpack.yml", "playbooks/remove-node.yml",
-    "playbooks/00-ssh.yml", "roles/bootstrap_os/templates/record-before.sh.j2",
-}
-
-
 def unquoted(text: str) -> list:
     """The {{ expressions }} in a shell text that carry an inventory value without making it one safe word."""
     found = []
@@ -78,14 +70,11 @@ def test_the_check_flags_an_unquoted_path_and_accepts_a_quoted_one():
 
 
 def test_shell_tasks_quote_every_inventory_value():
-    problems = [f"{rel}: [{name}] {{{{ {expr} }}}}" for rel, name, text in shell_strings() if rel not in PENDING
-                for expr in unquoted(text)]
+    problems = [f"{rel}: [{name}] {{{{ {expr} }}}}" for rel, name, text in shell_strings() for expr in unquoted(text)]
     assert problems == [], "quote these with `| quote` (a shell word), or pass argv:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("template", [p.relative_to(REPO).as_posix() for p in shell_templates()])
 def test_shell_templates_quote_every_inventory_value(template):
-    if template in PENDING:
-        pytest.skip(f"{template} is being rewritten by another change; it is checked once that lands")
     assert unquoted((REPO / template).read_text()) == []
 
