@@ -191,6 +191,8 @@ def _files(b: _Build) -> None:
 def _images(b: _Build) -> dict:
     """{canonical reference: digest} of every image, copied into the bundle's registry storage."""
     insecure = [str(h) for h in (b.config.get("upstream_insecure_registries") or [])]
+    for line in resolver.unpinned_images(b.plan.images):
+        print(f"build-bundle: warning: {line}", file=sys.stderr)
     with b.progress.phase("images", len(b.plan.images), "images"):
         prune_repositories(b.bundle, [job.canonical for job in b.plan.images])
         return copy_images(b.plan.images, b.bundle, b.catalog.get("arches", []), insecure, b.progress)
