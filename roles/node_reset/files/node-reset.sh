@@ -23,7 +23,8 @@ NR_SETTINGS="NR_KEEP_PACKAGES NR_REMOVE_ETCD_BACKUPS NR_RECORD_DIR
   NR_CA_FILE NR_APT_SOURCE NR_APT_KEY NR_APT_REPO_URL NR_MODULES_LOAD_FILE NR_SYSCTL_FILE"
 
 # The iptables chains of the deploy: kube-proxy's and the kubelet's (KUBE-), the bridge network's (AIRGAP-, and
-# network_bridge_masq_chain by its name), the CNI plugins' (CNI-: portmap's hostport chains).
+# network_bridge_masq_chain by its name), the CNI plugins' (CNI-: portmap's hostport chains), calico's (cali-),
+# cilium's (CILIUM_, OLD_CILIUM_ while it replaces its rules) and flannel's (FLANNEL-).
 OURS_CHAINS=
 
 problems=0
@@ -315,7 +316,7 @@ iptables_without_ours() {
         function flush(   i) { if (dropped) for (i = 1; i <= n; i++) print buf[i] }
         /^\*/ {
             table = substr($0, 2); n = 0; dropped = 0
-            keep = (table == "filter" || table == "nat" || table == "mangle")
+            keep = (table == "filter" || table == "nat" || table == "mangle" || table == "raw")
             if (keep) buf[++n] = $0
             next
         }
@@ -337,7 +338,7 @@ iptables_without_ours() {
 # "table chain" of our chains left in a dump.
 ours_left() {
     awk -v ours="$OURS_CHAINS" '/^\*/ {t = substr($0, 2)}
-        /^:/ && (t == "filter" || t == "nat" || t == "mangle") && substr($1, 2) ~ ours {print t, substr($1, 2)}'
+        /^:/ && (t == "filter" || t == "nat" || t == "mangle" || t == "raw") && substr($1, 2) ~ ours {print t, substr($1, 2)}'
 }
 
 reset_iptables() {
@@ -352,7 +353,7 @@ reset_iptables() {
             filtered=$(printf '%s\n' "$dump" | iptables_without_ours)
             if [ -n "$filtered" ]; then
                 if out=$(printf '%s\n' "$filtered" | "$be-restore" -c -w 2>&1); then
-                    changed "$be: removed the KUBE-, AIRGAP- and CNI- chains and the rules jumping to them," \
+                    changed "$be: removed the deploy's and the network plugins' chains and the rules jumping to them," \
                         "table(s) $(printf '%s\n' "$filtered" | sed -n 's/^\*//p' | tr '\n' ' ')"
                 else
                     problem "$be-restore refused the tables without our chains: $(tail_of "$out")"
@@ -388,7 +389,73 @@ reset_network() {
         if ip -4 route flush proto "$NR_ROUTE_PROTO"; then changed "removed the routes of protocol $NR_ROUTE_PROTO"
         else problem "could not remove the routes of protocol $NR_ROUTE_PROTO"; fi
     fi
+    reset_plugin_network
     reset_iptables
+    reset_plugin_ipsets
+    remove_plugin_state
+}
+
+# What calico, cilium and flannel (roles/network_<plugin>) leave in the node's network: their pods' veths (cali*,
+# lxc*), their devices, calico's BIRD routes, cilium's cgroup2 mount, BPF pins and tc programs. Each is skipped
+# when absent. flannel's bridge is cni0, the bridge step above (network_bridge_name's default).
+reset_plugin_network() {
+    local link n=0 dev dir
+    have ip || return 0
+    for link in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print $2}'); do
+        case "$link" in cali* | lxc* | cilium_net | cilium_host) ip link delete "$link" 2>/dev/null && n=$((n + 1)) ;; esac
+    done
+    for link in vxlan.calico vxlan-v6.calico wireguard.cali cilium_vxlan cilium_geneve cilium_host cilium_net \
+        flannel.1 flannel-v6.1 flannel-wg; do
+        ip link show dev "$link" >/dev/null 2>&1 && ip link delete "$link" 2>/dev/null && n=$((n + 1))
+    done
+    [ "$n" = 0 ] || changed "deleted $n link(s) of the calico, cilium or flannel network"
+    # tunl0 is the ipip module's own device: it cannot be deleted, only emptied and set down.
+    if ip -o -4 addr show dev tunl0 2>/dev/null | grep -q inet; then
+        if ip addr flush dev tunl0 && ip link set dev tunl0 down; then changed "flushed calico's address off tunl0"
+        else problem "could not flush tunl0"; fi
+    fi
+    if [ -n "$(ip -4 route show proto bird 2>/dev/null)" ]; then
+        if ip -4 route flush proto bird; then changed "removed calico's BIRD routes"
+        else problem "could not remove calico's BIRD routes"; fi
+    fi
+    if is_mountpoint /run/cilium/cgroupv2; then
+        if umount /run/cilium/cgroupv2 2>/dev/null || umount -l /run/cilium/cgroupv2 2>/dev/null; then
+            changed "unmounted cilium's cgroup2 at /run/cilium/cgroupv2"
+        else problem "could not unmount /run/cilium/cgroupv2"; fi
+    fi
+    # cilium's pinned maps and programs; the bpf filesystem itself is the system's (systemd mounts it).
+    for dir in /sys/fs/bpf/cilium /sys/fs/bpf/tc/globals/cilium_*; do
+        [ -e "$dir" ] || continue
+        rm -rf -- "$dir" && changed "removed cilium's BPF pins $dir"
+    done
+    if have tc; then
+        for dev in $(ip -o link show 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print $2}'); do
+            tc qdisc show dev "$dev" 2>/dev/null | grep -q clsact || continue
+            tc filter show dev "$dev" ingress 2>/dev/null | grep -q -e 'cil_' -e 'bpf_host' -e 'bpf_netdev' || continue
+            tc qdisc del dev "$dev" clsact 2>/dev/null && changed "removed cilium's tc programs from $dev"
+        done
+    fi
+}
+
+# calico's and cilium's ipsets, once no iptables rule refers to them.
+reset_plugin_ipsets() {
+    local set n=0
+    have ipset || return 0
+    for set in $(ipset list -n 2>/dev/null); do
+        case "$set" in cali4* | cali6* | cilium_*) ipset destroy "$set" 2>/dev/null && n=$((n + 1)) ;; esac
+    done
+    [ "$n" = 0 ] || changed "destroyed $n ipset(s) of calico or cilium"
+}
+
+# The network plugins' state, CNI configuration and the CNI binaries their pods installed.
+remove_plugin_state() {
+    remove /var/lib/calico /var/run/calico /var/log/calico /var/run/nodeagent \
+        "$NR_CNI_CONF_DIR/10-calico.conflist" "$NR_CNI_CONF_DIR/calico-kubeconfig" \
+        "$NR_CNI_BIN_DIR/calico" "$NR_CNI_BIN_DIR/calico-ipam" \
+        /var/run/cilium "$NR_CNI_CONF_DIR/05-cilium.conflist" "$NR_CNI_CONF_DIR/05-cilium.conflist.cilium_bak" \
+        "$NR_CNI_BIN_DIR/cilium-cni" \
+        /run/flannel "$NR_CNI_CONF_DIR/10-flannel.conflist" "$NR_CNI_BIN_DIR/flannel" \
+        /var/lib/cni/networks/cbr0 /var/lib/cni/flannel /var/lib/cni/results/cbr0-* /var/lib/cni/cache/results/cbr0-*
 }
 
 # --- Files ---------------------------------------------------------------------------------------------------------
@@ -698,7 +765,7 @@ main() {
     [ "$(id -u)" = 0 ] || { echo "RESET-PROBLEM: node-reset.sh must run as root" >&2; exit 1; }
     for v in $NR_SETTINGS; do [ -n "${!v+set}" ] || missing="$missing $v"; done
     [ -z "$missing" ] || { echo "RESET-PROBLEM: settings missing from the environment:$missing" >&2; exit 2; }
-    OURS_CHAINS="^(KUBE-|AIRGAP-|CNI-)${NR_MASQ_CHAIN:+|^$NR_MASQ_CHAIN\$}"
+    OURS_CHAINS="^(KUBE-|AIRGAP-|CNI-|cali-|CILIUM_|OLD_CILIUM_|FLANNEL-)${NR_MASQ_CHAIN:+|^$NR_MASQ_CHAIN\$}"
 
     # 1-2. No kubelet to restart the pods, no pods, then kubeadm's own reset.
     stop_unit kubelet.service
