@@ -5,7 +5,7 @@
 # library (NODE_RESET_LIB=1: its remove, changed, note and problem), with the BS_* settings below. Output as
 # node-reset.sh's; exit 1 after the other steps when something could not be done. A second run changes nothing.
 
-BS_SETTINGS="BS_BUNDLE_DIR BS_ARCHIVE BS_ARCHIVE_UPLOADED BS_PKI_DIR BS_NGINX_SITE"
+BS_SETTINGS="BS_BUNDLE_DIR BS_ARCHIVE BS_ARCHIVE_UPLOADED BS_PKI_DIR BS_NGINX_SITE BS_HEALTH_DIR NR_RECORD_DIR"
 
 unit_active() { systemctl is-active --quiet "$1" 2>/dev/null; }
 
@@ -41,6 +41,14 @@ bundle_server_reset() {
     # The bundle CA's key and the server certificate: nothing else signs with them.
     remove "$BS_PKI_DIR"
     rmdir -- "$(dirname -- "$BS_PKI_DIR")" 2>/dev/null && changed "removed the empty directory $(dirname -- "$BS_PKI_DIR")"
+    # The health checks' sample file.
+    remove "$BS_HEALTH_DIR"
+    # nginx's postinst writes a welcome page into /var/www/html, which its purge leaves: it goes when layer 01 installed
+    # nginx (the host had no nginx-common before the deploy), with /var/www if nothing else is there.
+    if [ -f "$NR_RECORD_DIR/packages-before" ] && ! grep -qx nginx-common "$NR_RECORD_DIR/packages-before"; then
+        remove /var/www/html/index.nginx-debian.html
+        rmdir /var/www/html /var/www 2>/dev/null && changed "removed the empty /var/www that nginx's install made"
+    fi
     # The registry's configuration is the package's conffile: node-reset.sh's purge takes it with docker-registry, or
     # puts back the host's own copy that layer 01 saved.
     [ "$problems" = 0 ] || exit 1
