@@ -20,7 +20,7 @@ from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle_trust
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
 from ansible_collections.airgap.kubernetes.plugins.module_utils.digests import hash_tree, sha256_file
-from ansible_collections.airgap.kubernetes.tools import list_artifacts
+from ansible_collections.airgap.kubernetes.tools import bundle_wheelhouse, list_artifacts
 from ansible_collections.airgap.kubernetes.tools import options as cli_options
 from ansible_collections.airgap.kubernetes.tools.bundle_apt import (DEBIAN_MIRROR, DEBIAN_SECURITY, apt_closure,
                                                                      write_apt_repo)
@@ -229,7 +229,7 @@ def _wheelhouse(b: _Build) -> None:
         shutil.rmtree(b.bundle / "wheelhouse", ignore_errors=True)
         return
     with b.progress.phase("wheelhouse"):
-        build_wheelhouse(b.bundle, b.options.requirements)
+        bundle_wheelhouse.build(b.bundle, b.options.requirements, b.plan.arches, b.plan.suites, b.catalog, b.config)
 
 
 def _collection(b: _Build) -> None:
