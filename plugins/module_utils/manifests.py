@@ -210,6 +210,24 @@ def check_bundled(doc_text: str, bundle_images: Iterable[str], source: str = "ma
                             f"the catalog pins")
 
 
+def check_bundled_files(files: Mapping[str, Any], bundle_images: Iterable[str]) -> None:
+    """check_bundled for each Kubernetes manifest among a bundle's files ({bundle path: local path}; only .yaml and
+    .yml count), every problem in one error: what build-bundle calls once its files are downloaded."""
+    images = list(bundle_images)
+    problems = []
+    for where, path in sorted(files.items()):
+        if not str(where).endswith((".yaml", ".yml")):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        try:
+            check_bundled(text, images, str(where))
+        except ManifestError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ManifestError("; ".join(problems))
+
+
 def api_version(kind: str, kube_version: str) -> str:
     """The apiVersion to write a kind in for a Kubernetes release, where the lines we support differ."""
     release = kube_release(bare_version(kube_version))

@@ -263,6 +263,19 @@ def test_check_bundled_refuses_a_manifest_naming_an_image_the_bundle_lacks():
                                  "docker.io/flannel/flannel:v0.28.4"])
 
 
+def test_check_bundled_files_reads_each_yaml_file_of_the_bundle_and_names_every_problem(tmp_path):
+    (tmp_path / "good.yaml").write_text(DEPLOYMENT.split("---")[0])
+    (tmp_path / "bad.yml").write_text(DEPLOYMENT)
+    (tmp_path / "kubelet").write_bytes(b"\x7fELF not yaml")
+    files = {"files/x/good.yaml": tmp_path / "good.yaml", "files/x/bad.yml": tmp_path / "bad.yml",
+             "files/x/kubelet": tmp_path / "kubelet"}
+    with pytest.raises(m.ManifestError, match=r"^files/x/bad.yml runs 1 image\(s\) the bundle lacks \(CronJob job, "
+                                              r"container run: flannel/flannel:v0.28.4@sha256:a+\)"):
+        m.check_bundled_files(files, ["docker.io/library/busybox:1.36", "quay.io/calico/node:v3.31.7"])
+    m.check_bundled_files(files, ["docker.io/library/busybox:1.36", "quay.io/calico/node:v3.31.7",
+                                  "docker.io/flannel/flannel:v0.28.4"])
+
+
 def test_a_text_that_is_no_manifest_is_refused_with_its_document_number():
     with pytest.raises(m.ManifestError, match="x.yaml document 2 is not a Kubernetes object"):
         m.load_documents("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n- a list\n", "x.yaml")
