@@ -344,3 +344,22 @@ def test_the_catalog_images_of_the_addons_resolve_on_every_line():
         for name in ("coredns", "nodelocaldns", "metrics-server", "local-path-provisioner"):
             art = resolver.resolve_one(catalog, {**defaults, "kube_version": version}, name, "amd64")
             assert art.ref.startswith("bootstrap:5000/"), (line, name, art.ref)
+
+
+def test_layer_05_refuses_addon_settings_that_cannot_work_before_any_host_changes(tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  children:\n    k8s_cluster:\n      children:\n        kube_control_plane:\n"
+                         "          hosts:\n            localhost: {ansible_connection: local}\n")
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    exe = VENV_BIN / "ansible-playbook" if (VENV_BIN / "ansible-playbook").exists() else "ansible-playbook"
+    proc = subprocess.run([str(exe), "-i", str(inventory), "playbooks/05-apps.yml", "-e", "kube_version=v1.20.2",
+                           "-e", "gateway_api_enabled=true", "-e", "kube_proxy_mode=ipvs", "-e", "coredns_replicas=0",
+                           "-e", f"manifests_dir={tmp_path / 'never'}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "The addon settings have 3 problem(s)" in out
+    assert "nodelocaldns_enabled needs kube_proxy_mode iptables" in out
+    assert "the Gateway API CRDs validate with CEL rules, which Kubernetes 1.20 drops" in out
+    assert "coredns_replicas must be at least 1, not 0" in out
+    assert "Deploy the addons" not in out and not (tmp_path / "never").exists()
