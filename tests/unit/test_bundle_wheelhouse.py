@@ -22,6 +22,13 @@ REPO = Path(__file__).resolve().parents[2]
 WHEELS = ("ansible_core-2.19.14-py3-none-any.whl", "pyyaml-6.0.4-cp311-cp311-manylinux2014_x86_64.whl")
 
 
+def flip(path: Path, offset: int) -> None:
+    """One bit of one byte of the file changed, as a bad copy would."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
 def pins(path: Path) -> dict:
     return {m.group(1).lower(): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==(\S+)",
                                                                    path.read_text(), re.M)}
@@ -157,10 +164,7 @@ def test_the_manifest_lists_every_file_of_the_kit_with_its_sha256(kit):
 
 def test_a_flipped_byte_in_a_wheel_is_refused_by_verify_bundle_by_name(kit):
     bundle, _, _ = kit
-    wheel = bundle / "wheelhouse" / WHEELS[0]
-    data = bytearray(wheel.read_bytes())
-    data[10] ^= 0x01
-    wheel.write_bytes(bytes(data))
+    flip(bundle / "wheelhouse" / WHEELS[0], 10)
     assert [(p.kind, p.name) for p in bundlefmt.verify_bundle(bundle)] == [("modified", f"wheelhouse/{WHEELS[0]}")]
 
 
@@ -197,10 +201,7 @@ def test_install_sh_accepts_the_bundle_signed_by_the_pinned_key(kit):
 
 def test_install_sh_refuses_a_flipped_byte_in_the_wheelhouse_by_name(kit):
     bundle, _, _ = kit
-    wheel = bundle / "wheelhouse" / WHEELS[1]
-    data = bytearray(wheel.read_bytes())
-    data[0] ^= 0x20
-    wheel.write_bytes(bytes(data))
+    flip(bundle / "wheelhouse" / WHEELS[1], 0)
     proc = install(bundle, "--trusted-key", bundle_fixture.release_fingerprint())
     assert proc.returncode == 2
     assert f"wheelhouse/{WHEELS[1]}: modified" in proc.stderr
