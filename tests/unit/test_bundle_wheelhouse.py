@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt
 from ansible_collections.airgap.kubernetes.tools import build_bundle, bundle_sign, list_artifacts
@@ -270,3 +271,19 @@ def test_a_real_download_has_a_wheel_of_every_pin_for_each_python_and_arch(tmp_p
             for machine in ("x86_64", "aarch64"):
                 assert any(n.startswith(f"{pkg}-") and tag in n and machine in n for n in files), (pkg, tag, machine)
     assert wh.fetch(wh.RUNTIME_REQUIREMENTS, wanted, cache=tmp_path) == (directory, files)
+
+
+# ----------------------------------------------------------------------------- the execution environment
+
+def test_the_execution_environment_pins_the_wheelhouses_toolchain_and_carries_this_collection():
+    ee = yaml.safe_load((REPO / "execution-environment.yml").read_text())
+    runtime = pins(wh.RUNTIME_REQUIREMENTS)
+    deps = ee["dependencies"]
+    assert ee["version"] == 3 and deps["python"] == "requirements-runtime.txt"
+    assert deps["ansible_core"]["package_pip"] == f"ansible-core=={runtime['ansible-core']}"
+    version = yaml.safe_load((REPO / "galaxy.yml").read_text())["version"]
+    assert [c["name"].rsplit("/", 1)[1] for c in deps["galaxy"]["collections"]] == [
+        f"airgap-kubernetes-{version}.tar.gz"]
+    # ansible-builder's introspection reads the collection's own list: the runtime one, not the test tools.
+    meta = yaml.safe_load((REPO / "meta" / "execution-environment.yml").read_text())
+    assert meta["dependencies"]["python"] == "requirements-runtime.txt"
