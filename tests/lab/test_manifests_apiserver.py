@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.airgap.kubernetes.plugins.module_utils import manifests
+
 from . import etcd_fixture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,7 +87,9 @@ def apiserver(tmp_path_factory, kube_bin) -> dict:
              f"--token-auth-file={work / 'tokens.csv'}", "--authorization-mode=Node,RBAC",
              "--service-account-issuer=https://kubernetes.default.svc",
              f"--service-account-key-file={work / 'sa.pub'}", f"--service-account-signing-key-file={work / 'sa.key'}",
-             "--enable-admission-plugins=NodeRestriction,AlwaysPullImages"],
+             "--enable-admission-plugins=NodeRestriction,AlwaysPullImages",
+             # What kubeadm sets: network plugins run privileged containers.
+             "--allow-privileged=true"],
             stdout=logs["kube-apiserver"], stderr=subprocess.STDOUT))
         kubeconfig = work / "admin.conf"
         kubeconfig.write_text(json.dumps({
@@ -186,11 +190,14 @@ def test_a_network_plugins_1_20_manifests_pass_the_api_servers_dry_run(apiserver
     rendered = out / PLUGINS[plugin]
     files = sorted(rendered.glob("*.yaml"))
     assert files, f"render_manifests.yml wrote nothing into {rendered}"
-    # CRDs first, for real (a dry run of a CRD does not serve its kind), then everything with --dry-run=server.
-    crds = [f for f in files if "kind: CustomResourceDefinition" in f.read_text()]
-    for f in crds:
-        applied = subprocess.run(apiserver["kubectl"] + ["apply", "-f", str(f)], capture_output=True, text=True)
-        assert applied.returncode == 0, f"{f.name}: {applied.stderr}"
+    # Namespaces and CRDs first, for real: a dry run creates neither, so the objects in them would be refused.
+    first = [d for f in files for d in manifests.load_documents(f.read_text(), str(f))
+             if d["kind"] in ("Namespace", "CustomResourceDefinition")]
+    if first:
+        (tmp_path / "first.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": first}))
+        applied = subprocess.run(apiserver["kubectl"] + ["apply", "-f", str(tmp_path / "first.json")],
+                                 capture_output=True, text=True)
+        assert applied.returncode == 0, f"{plugin}'s namespaces and CRDs: {applied.stderr}"
     dry = subprocess.run(apiserver["kubectl"] + ["apply", "--dry-run=server", "-f", str(rendered)],
                          capture_output=True, text=True)
     print(f"\n{plugin} on {apiserver['version']} (dry run, not run): {len(files)} files\n{dry.stdout}{dry.stderr}")
