@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle as bundlefmt
-from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle_trust
+from ansible_collections.airgap.kubernetes.plugins.module_utils import bundle_trust, manifests
 from ansible_collections.airgap.kubernetes.plugins.module_utils import resolver
 from ansible_collections.airgap.kubernetes.plugins.module_utils.digests import hash_tree, sha256_file
 from ansible_collections.airgap.kubernetes.tools import bundle_wheelhouse, list_artifacts
@@ -186,6 +186,9 @@ def _files(b: _Build) -> None:
     with b.progress.phase("files", len(b.plan.files), "files"):
         download_all(b.plan.files, b.bundle, b.progress, b.options.jobs, b.options.retries, b.options.cache)
         prune(b.bundle / "files", {job.path for job in b.plan.files}, b.bundle)
+    # An upstream manifest among the files (the Gateway API CRDs, an operator's own) may run only bundled images.
+    manifests.check_bundled_files({job.path: b.bundle / job.path for job in b.plan.files},
+                                  [job.canonical for job in b.plan.images])
 
 
 def _images(b: _Build) -> dict:
@@ -395,7 +398,8 @@ def main(argv: Optional[list] = None) -> int:
                           cache=None if args.no_cache else CACHE / "downloads", sign_key=sign_key)
         live = {"auto": None, "live": True, "lines": False}[args.progress]
         result = build(catalog, config, options, Progress(live=live))
-    except (resolver.CatalogError, cli_options.OptionError, BuildError, bundlefmt.BundleError) as exc:
+    except (resolver.CatalogError, cli_options.OptionError, BuildError, bundlefmt.BundleError,
+            manifests.ManifestError) as exc:
         print(f"build-bundle: error: {exc}", file=sys.stderr)
         return 2
     summary = {
