@@ -13,16 +13,49 @@ export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 mkdir -p "$REPO/.collections/ansible_collections/airgap"
 ln -sfn ../../.. "$REPO/.collections/ansible_collections/airgap/kubernetes"
 
-passed=0; failed=0; failures=()
+# Each phase's result goes into RESULTS, also from the streams below, which run in subshells.
+RESULTS="$(mktemp)"; trap 'rm -f "$RESULTS"' EXIT
 phase() {
   local name="$1"; shift
   local t0; t0=$(date +%s)
   printf '\n===== %s =====\n' "$name"
   if "$@"; then
-    passed=$((passed + 1)); printf '===== %s: ok (%ss)\n' "$name" "$(( $(date +%s) - t0 ))"
+    echo "ok $name" >> "$RESULTS"; printf '===== %s: ok (%ss)\n' "$name" "$(( $(date +%s) - t0 ))"
   else
-    failed=$((failed + 1)); failures+=("$name"); printf '===== %s: FAILED (%ss)\n' "$name" "$(( $(date +%s) - t0 ))"
+    echo "FAILED $name" >> "$RESULTS"; printf '===== %s: FAILED (%ss)\n' "$name" "$(( $(date +%s) - t0 ))"
   fi
+}
+
+# The docker-bound phases wait mostly on their lab nodes, so they run as streams side by side, each into its own
+# log under .ci-logs/: one line per stream every minute while they run (its latest line), then each log whole.
+STREAM_DIR="$REPO/.ci-logs"
+stream_names=(); stream_pids=(); stream_logs=()
+stream() {
+  local name="$1"; shift
+  mkdir -p "$STREAM_DIR"
+  local log="$STREAM_DIR/${name//[^a-z0-9]/-}.log"
+  ( "$@" ) > "$log" 2>&1 &
+  stream_names+=("$name"); stream_pids+=("$!"); stream_logs+=("$log")
+  printf '\n===== stream "%s" started: its output goes to %s and is printed when it ends\n' "$name" "$log"
+}
+wait_streams() {
+  local t0 i alive last; t0=$(date +%s)
+  while :; do
+    alive=0
+    for i in "${!stream_pids[@]}"; do kill -0 "${stream_pids[$i]}" 2>/dev/null && alive=$((alive + 1)); done
+    [ "$alive" -gt 0 ] || break
+    sleep 60
+    for i in "${!stream_pids[@]}"; do
+      kill -0 "${stream_pids[$i]}" 2>/dev/null || continue
+      last=$(grep -v '^[[:space:]]*$' "${stream_logs[$i]}" | tail -n 1 | cut -c1-150)
+      printf '[%s, %d min] %s\n' "${stream_names[$i]}" "$(( ($(date +%s) - t0) / 60 ))" "$last"
+    done
+  done
+  for i in "${!stream_pids[@]}"; do
+    wait "${stream_pids[$i]}"
+    printf '\n######## output of stream "%s" (%s)\n' "${stream_names[$i]}" "${stream_logs[$i]}"
+    cat "${stream_logs[$i]}"
+  done
 }
 
 molecule_all() {
@@ -57,10 +90,20 @@ unit_tests() {
   coverage report --include='*/module_utils/resolver.py' --fail-under=95
 }
 phase "unit tests" unit_tests
-phase "lab tests" pytest -m "lab or k8s_build" tests/lab
-[ -d molecule ] && ls molecule/*/molecule.yml >/dev/null 2>&1 && phase "molecule scenarios" molecule_all
-[ -d tests/e2e ] && phase "end to end" pytest tests/e2e
+lab_and_molecule() {
+  phase "lab tests" pytest -m "lab or k8s_build" tests/lab
+  if ls molecule/*/molecule.yml >/dev/null 2>&1; then phase "molecule scenarios" molecule_all
+  else phase "molecule scenarios" false; fi
+}
+# Three streams of about the same length; the lab images, the Kubernetes build and the fixtures they share are built
+# once (each behind a lock) whichever stream asks first.
+stream "lab and molecule" lab_and_molecule
+stream "e2e layers and day 2" phase "end to end: layers and day 2" pytest tests/e2e/test_deploy_layers.py
+stream "e2e inputs and bootstrap host" phase "end to end: broken inputs, the bootstrap host" \
+  pytest $(ls tests/e2e/test_*.py | grep -v test_deploy_layers.py)
+wait_streams
 
-printf '\nfailed phases: %s\n' "${failures[*]:-none}"
-printf 'phases: %d passed, %d failed\n' "$passed" "$failed"
-[ "$failed" -eq 0 ]
+failures=$(awk '$1 == "FAILED" {sub(/^FAILED /, ""); printf "%s%s", sep, $0; sep = ", "}' "$RESULTS")
+printf '\nfailed phases: %s\n' "${failures:-none}"
+printf 'phases: %d passed, %d failed\n' "$(grep -c '^ok ' "$RESULTS")" "$(grep -c '^FAILED ' "$RESULTS")"
+! grep -q '^FAILED ' "$RESULTS"

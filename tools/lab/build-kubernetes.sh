@@ -24,6 +24,10 @@ heartbeat() {
 }
 
 mkdir -p "$CACHE_ROOT/src"
+# One build at a time (the test suite runs lab tests, molecule and end-to-end side by side): the others wait, then
+# find it cached.
+exec 9>"$CACHE_ROOT/.lock"
+flock -n 9 || { log "another build of the lab's Kubernetes runs: waiting for it"; flock 9; }
 cd "$CACHE_ROOT/src"
 if ! ls kubernetes_*.orig.tar.* >/dev/null 2>&1; then
   log "downloading Debian source package 'kubernetes' (bookworm)"
