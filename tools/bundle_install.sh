@@ -110,23 +110,34 @@ PY
 }
 
 if [ -n "$TRUSTED_KEY$KEYRING" ]; then
-  command -v gpgv >/dev/null || die "gpgv is missing (it comes with apt on Debian): apt-get install gpgv"
   [ -f "$BUNDLE/manifest.json.asc" ] || die "manifest.json.asc is missing: the bundle is not signed, so a key cannot \
 vouch for it; build it with --sign-key, or give --sha256 instead"
   if [ -n "$KEYRING" ]; then
     [ -f "$KEYRING" ] || die "--keyring $KEYRING does not exist"
-    dearmor "$KEYRING" "$TMP/keyring.gpg"
+    keys="$KEYRING"
   else
     [ -f "$BUNDLE/keys/release.asc" ] || die "keys/release.asc is missing: give the release key with --keyring FILE"
-    dearmor "$BUNDLE/keys/release.asc" "$TMP/keyring.gpg"
+    keys="$BUNDLE/keys/release.asc"
   fi
-  status="$(gpgv --status-fd 1 --keyring "$TMP/keyring.gpg" "$BUNDLE/manifest.json.asc" "$BUNDLE/manifest.json" \
-    2>"$TMP/gpgv.err" || true)"
-  # VALIDSIG <signing key fpr> <date> ... <primary key fpr>: the last field is the key a pin names.
-  signer="$(printf '%s\n' "$status" | awk '$2 == "VALIDSIG" {print $NF; exit}')"
-  subkey="$(printf '%s\n' "$status" | awk '$2 == "VALIDSIG" {print $3; exit}')"
-  [ -n "$signer" ] || die "manifest.json.asc is not a valid signature of manifest.json by $( [ -n "$KEYRING" ] \
-&& echo "a key of $KEYRING" || echo "the key in keys/release.asc"): $(tail -n 2 "$TMP/gpgv.err" | tr '\n' ' ')"
+  what="$( [ -n "$KEYRING" ] && echo "a key of $KEYRING" || echo "the key in keys/release.asc")"
+  # Debian 12's apt verifies with gpgv, Debian 13's with sqv (Sequoia): whichever this host has.
+  if command -v gpgv >/dev/null; then
+    dearmor "$keys" "$TMP/keyring.gpg"
+    status="$(gpgv --status-fd 1 --keyring "$TMP/keyring.gpg" "$BUNDLE/manifest.json.asc" "$BUNDLE/manifest.json" \
+      2>"$TMP/verify.err" || true)"
+    # VALIDSIG <signing key fpr> <date> ... <primary key fpr>: the last field is the key a pin names.
+    signer="$(printf '%s\n' "$status" | awk '$2 == "VALIDSIG" {print $NF; exit}')"
+    subkey="$(printf '%s\n' "$status" | awk '$2 == "VALIDSIG" {print $3; exit}')"
+  elif command -v sqv >/dev/null; then
+    # sqv prints the fingerprint of each key that made a good signature.
+    signer="$(sqv --keyring "$keys" "$BUNDLE/manifest.json.asc" "$BUNDLE/manifest.json" 2>"$TMP/verify.err" \
+      | head -n 1 || true)"
+    subkey="$signer"
+  else
+    die "neither gpgv nor sqv is installed (apt brings one of them on Debian): apt-get install gpgv"
+  fi
+  [ -n "$signer" ] || die "manifest.json.asc is not a valid signature of manifest.json by $what: \
+$(tail -n 2 "$TMP/verify.err" | tr '\n' ' ')"
   if [ -n "$TRUSTED_KEY" ]; then
     pin="$(printf '%s' "$TRUSTED_KEY" | tr -d ' ' | tr 'a-f' 'A-F')"
     [ "$signer" = "$pin" ] || [ "$subkey" = "$pin" ] || die "manifest.json is signed by $signer, not by the pinned \

@@ -260,7 +260,7 @@ def test_install_sh_with_no_key_needs_the_tarballs_sha256_from_another_channel(k
 
 @pytest.mark.pypi
 def test_a_real_download_has_a_wheel_of_every_pin_for_each_python_and_arch(tmp_path):
-    """pip fetches from the index it is configured for (PyPI): CI's setup phase runs this, and it warms the cache."""
+    """pip fetches from the index it is configured for (PyPI), into a fresh cache: CI's setup phase may run it."""
     wanted = wh.targets(["bookworm", "trixie"], ["amd64", "arm64"])
     directory, files = wh.fetch(wh.RUNTIME_REQUIREMENTS, wanted, cache=tmp_path)
     assert all(name.endswith(".whl") for name in files), "no sdist"
