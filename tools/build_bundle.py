@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -46,14 +47,20 @@ def _source_tree(repo: Path, exclude: Iterable[Path], dest: Path) -> None:
     else:
         names = [p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file() and not p.is_symlink()]
     for name in names:
-        if not name:
+        if not name or name.split("/", 1)[0] in (".lab", ".collections", ".airgap", ".cache", ".git"):
             continue
         src = repo / name
+        target = dest / name
+        # A link inside the collection stays a link (roles/cluster_defaults/defaults/main -> group_vars/all: without
+        # it, the installed collection has no defaults and layer 00 fails on the first setting); one that leads out
+        # of the checkout is left out.
+        if src.is_symlink():
+            if src.resolve().is_relative_to(repo.resolve()):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(os.readlink(src))
+            continue
         if not src.is_file() or any(src.resolve().is_relative_to(e) for e in excluded):
             continue
-        if name.split("/", 1)[0] in (".lab", ".collections", ".airgap", ".cache", ".git"):
-            continue
-        target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, target)
 

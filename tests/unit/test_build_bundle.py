@@ -376,3 +376,22 @@ def test_a_signed_build_ships_the_public_key_records_the_signer_and_signs_the_ma
     b.options.sign_key = None
     bb._sign(b)
     assert not (b.bundle / bundlefmt.SIGNATURE).exists()
+
+
+def test_the_bundles_collection_installs_with_the_defaults_link_and_its_defaults(tmp_path: Path) -> None:
+    """roles/cluster_defaults/defaults/main is a link to group_vars/all: the collection in the bundle keeps it, so an
+    installed collection (the bootstrap host's) has every default. The copy used to drop links, and layer 00 run from
+    the installed collection stopped on the first setting it read ('etcd_allow_even_members' is undefined)."""
+    import sys
+    import tarfile
+    from ansible_collections.airgap.kubernetes.tools import build_bundle
+    tarball = build_bundle.build_collection(tmp_path / "bundle", tmp_path, {})
+    with tarfile.open(tarball) as tar:
+        link = tar.getmember("roles/cluster_defaults/defaults/main")
+    assert link.issym() and link.linkname == "../../../group_vars/all"
+    galaxy = Path(sys.executable).parent / "ansible-galaxy"
+    subprocess.run([str(galaxy), "collection", "install", "--force", "-p", str(tmp_path / "installed"), str(tarball)],
+                   check=True, capture_output=True)
+    defaults = tmp_path / "installed/ansible_collections/airgap/kubernetes/roles/cluster_defaults/defaults/main"
+    assert (defaults / "connection.yml").is_file() and "etcd_allow_even_members" in "".join(
+        p.read_text() for p in defaults.glob("*.yml"))
