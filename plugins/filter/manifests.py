@@ -1,5 +1,5 @@
-"""Filter plugins for the manifests roles render and apply: manifest_image, cluster_dns, kube_api_version and
-pod_problems, thin shells over plugins/module_utils/manifests.py and kubeadm_config.cluster_dns.
+"""Filter plugins for the manifests roles render and apply: manifest_image, manifest_rewrite_images, cluster_dns,
+kube_api_version and pod_problems, thin shells over plugins/module_utils/manifests.py and kubeadm_config.cluster_dns.
 
 Their documentation lives beside this file, one YAML file per filter, where ansible-doc finds it.
 """
@@ -36,6 +36,21 @@ def kube_api_version(kind, kube_version):
         raise AnsibleFilterError(str(exc)) from None
 
 
+def manifest_rewrite_images(text, images, source="manifest"):
+    """An upstream manifest's text with every image rewritten to the bundle registry: images are the catalog's
+    resolved images for the config (the artifact lookup's dicts); an image none of them is fails, naming it."""
+    mapping = {}
+    for image in images or []:
+        if isinstance(image, dict) and image.get("kind") == "image":
+            for spelling in (image.get("canonical"), image.get("upstream")):
+                if spelling:
+                    mapping[str(spelling).partition("@")[0]] = manifest_image(image)
+    try:
+        return manifests.rewrite_images(str(text), mapping, str(source))
+    except manifests.ManifestError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
 def pod_problems(pods):
     return manifests.pod_problems(pods if isinstance(pods, dict) else {})
 
@@ -43,4 +58,5 @@ def pod_problems(pods):
 class FilterModule:
     def filters(self):
         return {"manifest_image": manifest_image, "cluster_dns": cluster_dns, "kube_api_version": kube_api_version,
+                "manifest_rewrite_images": manifest_rewrite_images,
                 "pod_problems": pod_problems}
