@@ -92,26 +92,6 @@ def build_collection(bundle: Path, out: Path, state: dict) -> Path:
     return built[0]
 
 
-def build_wheelhouse(bundle: Path, requirements: Path) -> list:
-    """wheelhouse/: every wheel (or sdist) pip needs to install requirements offline, for this host's Python."""
-    target = bundle / "wheelhouse"
-    target.mkdir(parents=True, exist_ok=True)
-    out = run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-r", requirements,
-               "-d", target]).stdout
-    shutil.copyfile(requirements, target / "requirements.txt")
-    keep = {"requirements.txt"}
-    for line in out.splitlines():
-        line = line.strip()
-        for prefix in ("Saved ", "File was already downloaded "):
-            if line.startswith(prefix):
-                keep.add(Path(line[len(prefix):]).name)
-    if len(keep) > 1:
-        for path in target.iterdir():
-            if path.name not in keep:
-                path.unlink()
-    return sorted(keep)
-
-
 # ----------------------------------------------------------------------------- the build
 
 @dataclass
@@ -236,7 +216,10 @@ def _apt(b: _Build) -> dict:
 
 def _wheelhouse(b: _Build) -> None:
     if not b.options.wheelhouse:
+        # The installer goes with the wheelhouse it installs from: an earlier build's must not stay behind.
         shutil.rmtree(b.bundle / "wheelhouse", ignore_errors=True)
+        for name in (bundle_wheelhouse.INSTALLER, bundle_wheelhouse.INSTALL_CONFIG):
+            (b.bundle / name).unlink(missing_ok=True)
         return
     with b.progress.phase("wheelhouse"):
         bundle_wheelhouse.build(b.bundle, b.options.requirements, b.plan.arches, b.plan.suites, b.catalog, b.config)
