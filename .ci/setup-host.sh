@@ -4,7 +4,7 @@
 set -euo pipefail
 
 APT_PKGS=(docker.io debootstrap skopeo rsync golang-go golang-github-modern-go-reflect2-dev
-          dpkg-dev git openssh-client jq curl gnupg apt-utils busybox-static docker-registry)
+          dpkg-dev git openssh-client jq curl gnupg sqv apt-utils busybox-static docker-registry)
 
 log() { printf '[setup-host] %s\n' "$*"; }
 

@@ -174,9 +174,29 @@ def _status(out: str) -> dict:
     return lines
 
 
-def verify_signature(bundle_dir: PathLike, trusted_keys: Iterable[str], gpgv: str = "gpgv") -> str:
-    """Check manifest.json.asc with gpgv against the pinned keys only (a keyring made for this check; never the
-    host's). Returns the signer's primary fingerprint; raises TrustError naming the signer, the pins and the fix."""
+def _verify_with_sqv(sqv: str, ring: Path, signature: Path, manifest: Path, fingerprints: set, pinned: str) -> str:
+    """verify_signature's check where the host has sqv and no gpgv: sqv prints the key of each good signature."""
+    proc = subprocess.run([sqv, "--keyring", str(ring), str(signature), str(manifest)], capture_output=True,
+                          text=True, timeout=120)
+    signers = [line.strip().upper() for line in proc.stdout.splitlines() if line.strip()]
+    if proc.returncode == 0 and len(signers) == 1 and signers[0] in fingerprints:
+        return signers[0]
+    missing = re.search(r"Missing key ([0-9A-Fa-f]{40})", proc.stderr)
+    if missing:
+        raise TrustError(f"{manifest} is signed by key {missing[1].upper()}, which is not pinned (bundle_trusted_keys "
+                         f"pins {pinned}): this bundle was not signed by your site's release key. If it is your new "
+                         "release key, add its fingerprint to bundle_trusted_keys; otherwise do not use this bundle")
+    if "manipulated" in proc.stderr or "BAD signature" in proc.stderr:
+        raise TrustError(f"{manifest} does not match its signature: it was changed after signing. Re-copy the "
+                         "bundle from the medium; if that does not help, the medium was tampered with: do not use it")
+    raise TrustError(f"sqv could not check {signature} ({proc.returncode}): {proc.stderr.strip()[-500:]}: re-copy "
+                     "the bundle from the medium")
+
+
+def verify_signature(bundle_dir: PathLike, trusted_keys: Iterable[str], gpgv: str = "gpgv", sqv: str = "sqv") -> str:
+    """Check manifest.json.asc with gpgv (else sqv) against the pinned keys only (a keyring made for this check;
+    never the host's). Returns the signer's primary fingerprint; raises TrustError naming the signer, the pins and
+    the fix."""
     root = Path(bundle_dir)
     pins = anchors(trusted_keys)
     if not pins.shown:
@@ -195,11 +215,15 @@ def verify_signature(bundle_dir: PathLike, trusted_keys: Iterable[str], gpgv: st
     try:
         ring = Path(home) / "pinned.gpg"
         ring.write_bytes(pins.keyring + _shipped_keyring(root, pins.fingerprints))
+        # Debian 12's apt verifies with gpgv, Debian 13's with sqv (Sequoia; a minimal trixie has no gpgv).
+        if not shutil.which(gpgv) and shutil.which(sqv):
+            return _verify_with_sqv(sqv, ring, signature, manifest, pins.fingerprints, pinned)
         try:
             proc = subprocess.run([gpgv, "--homedir", home, "--status-fd", "1", "--keyring", str(ring),
                                    str(signature), str(manifest)], capture_output=True, text=True, timeout=120)
         except FileNotFoundError:
-            raise TrustError(f"{gpgv} is not installed here: apt-get install gpgv (apt itself needs it)") from None
+            raise TrustError(f"neither {gpgv} nor {sqv} is installed here (apt brings one of them): "
+                             "apt-get install gpgv") from None
     finally:
         shutil.rmtree(home, ignore_errors=True)
     status = _status(proc.stdout)

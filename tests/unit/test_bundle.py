@@ -364,3 +364,19 @@ def test_an_apt_key_that_is_a_symlink_is_refused(bundle: Path) -> None:
     (bundle / bf.APT_KEY).unlink()
     (bundle / bf.APT_KEY).symlink_to("/etc/shadow")
     assert ("modified", bf.APT_KEY) in [(p.kind, p.name) for p in bf.verify_bundle(bundle)]
+
+
+def test_a_host_without_gpgv_checks_the_signature_with_sqv(bundle: Path, keys) -> None:
+    """A minimal Debian 13 has sqv (its apt's verifier) and no gpgv: the same pins, the same refusals. Real sqv."""
+    assert shutil.which("sqv"), "sqv is missing: .ci/setup-host.sh installs it"
+    site, other = keys("site"), keys("other")
+    _sign(bundle, site)
+    no_gpgv = "/nonexistent/gpgv"
+    assert bt.verify_signature(bundle, [site.fingerprint], gpgv=no_gpgv) == site.fingerprint
+    with pytest.raises(bt.TrustError, match=f"signed by key {site.fingerprint}, which is not pinned"):
+        bt.verify_signature(bundle, [other.fingerprint], gpgv=no_gpgv)
+    (bundle / bf.MANIFEST).write_text((bundle / bf.MANIFEST).read_text() + " ")
+    with pytest.raises(bt.TrustError, match="does not match its signature: it was changed after signing"):
+        bt.verify_signature(bundle, [site.fingerprint], gpgv=no_gpgv)
+    with pytest.raises(bt.TrustError, match="neither /nonexistent/gpgv nor /nonexistent/sqv is installed"):
+        bt.verify_signature(bundle, [site.fingerprint], gpgv=no_gpgv, sqv="/nonexistent/sqv")
