@@ -174,6 +174,23 @@ def _status(out: str) -> dict:
     return lines
 
 
+def _not_pinned(manifest: Path, signer: str, pinned: str) -> TrustError:
+    return TrustError(f"{manifest} is signed by key {signer}, which is not pinned (bundle_trusted_keys pins {pinned}): "
+                      f"this bundle was not signed by your site's release key. If {signer} is your new release key, "
+                      "add its fingerprint to bundle_trusted_keys; otherwise do not use this bundle")
+
+
+def _changed(manifest: Path, key: str = "") -> TrustError:
+    return TrustError(f"{manifest} does not match its signature{' by key ' + key if key else ''}: it was changed after "
+                      "signing. Re-copy the bundle from the medium; if that does not help, the medium was tampered "
+                      "with: do not use it")
+
+
+def _unreadable(tool: str, signature: Path, proc: subprocess.CompletedProcess) -> TrustError:
+    return TrustError(f"{tool} could not check {signature} ({proc.returncode}): {proc.stderr.strip()[-500:]}: "
+                      "re-copy the bundle from the medium")
+
+
 def _verify_with_sqv(sqv: str, ring: Path, signature: Path, manifest: Path, fingerprints: set, pinned: str) -> str:
     """verify_signature's check where the host has sqv and no gpgv: sqv prints the key of each good signature."""
     proc = subprocess.run([sqv, "--keyring", str(ring), str(signature), str(manifest)], capture_output=True,
@@ -183,14 +200,10 @@ def _verify_with_sqv(sqv: str, ring: Path, signature: Path, manifest: Path, fing
         return signers[0]
     missing = re.search(r"Missing key ([0-9A-Fa-f]{40})", proc.stderr)
     if missing:
-        raise TrustError(f"{manifest} is signed by key {missing[1].upper()}, which is not pinned (bundle_trusted_keys "
-                         f"pins {pinned}): this bundle was not signed by your site's release key. If it is your new "
-                         "release key, add its fingerprint to bundle_trusted_keys; otherwise do not use this bundle")
+        raise _not_pinned(manifest, missing[1].upper(), pinned)
     if "manipulated" in proc.stderr or "BAD signature" in proc.stderr:
-        raise TrustError(f"{manifest} does not match its signature: it was changed after signing. Re-copy the "
-                         "bundle from the medium; if that does not help, the medium was tampered with: do not use it")
-    raise TrustError(f"sqv could not check {signature} ({proc.returncode}): {proc.stderr.strip()[-500:]}: re-copy "
-                     "the bundle from the medium")
+        raise _changed(manifest)
+    raise _unreadable("sqv", signature, proc)
 
 
 def verify_signature(bundle_dir: PathLike, trusted_keys: Iterable[str], gpgv: str = "gpgv", sqv: str = "sqv") -> str:
@@ -235,23 +248,17 @@ def verify_signature(bundle_dir: PathLike, trusted_keys: Iterable[str], gpgv: st
             raise TrustError(f"{manifest} is signed with {why} ({status[word][0][0]}): sign the bundle again with a "
                              f"valid release key and pin it (pinned: {pinned})")
     if "BADSIG" in status:
-        raise TrustError(f"{manifest} does not match its signature by key {status['BADSIG'][0][0]}: it was changed "
-                         "after signing. Re-copy the bundle from the medium; if that does not help, the medium was "
-                         "tampered with: do not use it")
+        raise _changed(manifest, status["BADSIG"][0][0])
     if "ERRSIG" in status:
         args = status["ERRSIG"][0]
         signer = args[6] if len(args) > 6 and args[6] != "-" else f"with id {args[0]}"
-        raise TrustError(f"{manifest} is signed by key {signer}, which is not pinned (bundle_trusted_keys pins "
-                         f"{pinned}): this bundle was not signed by your site's release key. If {signer} is your new "
-                         "release key, add its fingerprint to bundle_trusted_keys; otherwise do not use this bundle")
+        raise _not_pinned(manifest, signer, pinned)
     valid = status.get("VALIDSIG", [])
     if proc.returncode != 0 or len(valid) != 1:
-        raise TrustError(f"gpgv could not check {signature} ({proc.returncode}): {proc.stderr.strip()[-500:]}: "
-                         "re-copy the bundle from the medium")
+        raise _unreadable("gpgv", signature, proc)
     signing, primary = valid[0][0], valid[0][-1]
     if signing not in pins.fingerprints and primary not in pins.fingerprints:
-        raise TrustError(f"{manifest} is signed by key {primary}, which is not pinned (bundle_trusted_keys pins "
-                         f"{pinned}): do not use this bundle, or pin that key if it is yours")
+        raise _not_pinned(manifest, primary, pinned)
     return primary
 
 
