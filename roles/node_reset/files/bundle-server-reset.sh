@@ -2,7 +2,7 @@
 # airgap.kubernetes node_reset, on the bundle server only (remove-cluster --with-bundle-server): takes away what the
 # bundle_server role serves, before node-reset.sh purges the packages the deploy installed and puts back the apt
 # sources and the files layer 01 saved. roles/node_reset/tasks/main.yml runs it after node-reset.sh loaded as a
-# library (NODE_RESET_LIB=1: its remove, changed, note and problem), with the BS_* settings below. Output as
+# library (NODE_RESET_LIB=1: its remove, remove_if_empty, changed, note and problem), with the BS_* settings below. Output as
 # node-reset.sh's; exit 1 after the other steps when something could not be done. A second run changes nothing.
 
 BS_SETTINGS="BS_BUNDLE_DIR BS_ARCHIVE BS_ARCHIVE_UPLOADED BS_PKI_DIR BS_NGINX_SITE BS_HEALTH_DIR NR_RECORD_DIR"
@@ -33,21 +33,21 @@ bundle_server_reset() {
     # The tarball goes only when layer 01 copied it here; one the operator carried in stays.
     if [ "$BS_ARCHIVE_UPLOADED" = true ]; then
         remove "$BS_ARCHIVE" "$BS_ARCHIVE.sha256"
-        rmdir -- "$(dirname -- "$BS_ARCHIVE")" 2>/dev/null && changed "removed the empty directory $(dirname -- "$BS_ARCHIVE")"
+        remove_if_empty "$(dirname -- "$BS_ARCHIVE")"
     elif [ -n "$BS_ARCHIVE" ] && [ -e "$BS_ARCHIVE" ]; then
         note "kept $BS_ARCHIVE: the operator put it there (layer 01 did not copy it)"
     fi
-    rmdir -- "$(dirname -- "$BS_BUNDLE_DIR")" 2>/dev/null && changed "removed the empty directory $(dirname -- "$BS_BUNDLE_DIR")"
+    remove_if_empty "$(dirname -- "$BS_BUNDLE_DIR")"
     # The bundle CA's key and the server certificate: nothing else signs with them.
     remove "$BS_PKI_DIR"
-    rmdir -- "$(dirname -- "$BS_PKI_DIR")" 2>/dev/null && changed "removed the empty directory $(dirname -- "$BS_PKI_DIR")"
+    remove_if_empty "$(dirname -- "$BS_PKI_DIR")"
     # The health checks' sample file.
     remove "$BS_HEALTH_DIR"
     # nginx's postinst writes a welcome page into /var/www/html, which its purge leaves: it goes when layer 01 installed
     # nginx (the host had no nginx-common before the deploy), with /var/www if nothing else is there.
     if [ -f "$NR_RECORD_DIR/packages-before" ] && ! grep -qx nginx-common "$NR_RECORD_DIR/packages-before"; then
         remove /var/www/html/index.nginx-debian.html
-        rmdir /var/www/html /var/www 2>/dev/null && changed "removed the empty /var/www that nginx's install made"
+        remove_if_empty /var/www/html /var/www
     fi
     # The registry's configuration is the package's conffile: node-reset.sh's purge takes it with docker-registry, or
     # puts back the host's own copy that layer 01 saved.
