@@ -122,11 +122,36 @@ class Result:
     sizes: dict
 
 
+def tarball_members(bundle: Path) -> list:
+    """What make_tarball packs, in its order: manifest.json, manifest.json.asc and keys/release.asc first (those
+    present), so that a bundle host checks the signature from the tarball's head before it unpacks anything; then the
+    top-level directory and the rest, sorted (the same tree packs to the same order)."""
+    first = [name for name in bundle_trust.TRUST_MEMBERS if (bundle / name).is_file() and not (bundle / name).is_symlink()]
+    names = [f"{bundle.name}/{name}" for name in first]
+    head = set(names)
+    for here, dirs, files in os.walk(bundle):
+        dirs.sort()
+        rel = Path(here).relative_to(bundle.parent).as_posix()
+        names.append(rel)
+        # A link to a directory is listed among dirs; os.walk does not follow it, and tar packs it as the link.
+        names += [f"{rel}/{name}" for name in sorted(files + [d for d in dirs if (Path(here) / d).is_symlink()])
+                  if f"{rel}/{name}" not in head]
+    return names
+
+
 def make_tarball(bundle: Path, out: Path) -> Path:
-    """out/bundle.tar.gz with the bundle as its one top-level directory, and bundle.tar.gz.sha256 beside it."""
+    """out/bundle.tar.gz with the bundle as its one top-level directory, its trust members first (tarball_members),
+    and bundle.tar.gz.sha256 beside it."""
     tarball = out / TARBALL
     tmp = out / (TARBALL + ".tmp")
-    run(["tar", "-C", bundle.parent, "--owner=0", "--group=0", "-czf", tmp, bundle.name])
+    listing = out / (TARBALL + ".members")
+    listing.write_bytes(b"".join(name.encode() + b"\0" for name in tarball_members(bundle)))
+    try:
+        # Exactly the listed names, in that order: without --no-recursion a directory would bring its files again.
+        run(["tar", "-C", bundle.parent, "--owner=0", "--group=0", "--no-recursion", "--null", "-T", listing,
+             "-czf", tmp])
+    finally:
+        listing.unlink(missing_ok=True)
     tmp.replace(tarball)
     (out / (TARBALL + ".sha256")).write_text(f"{sha256_file(tarball)}  {TARBALL}\n")
     return tarball
@@ -295,7 +320,8 @@ def _tarball(b: _Build) -> Optional[Path]:
     with b.progress.phase("tarball"):
         tarball = b.out / TARBALL
         signature = b.bundle / bundlefmt.SIGNATURE
-        packed = _fingerprint([sha256_file(b.bundle / bundlefmt.MANIFEST),
+        # "trust-first": a tarball packed before its trust members led it is packed again.
+        packed = _fingerprint(["trust-first", sha256_file(b.bundle / bundlefmt.MANIFEST),
                                sha256_file(signature) if signature.is_file() else None])
         sha_file = b.out / (TARBALL + ".sha256")
         if (b.state.get("tarball") != packed or not tarball.is_file() or not sha_file.is_file()

@@ -395,3 +395,35 @@ def test_the_bundles_collection_installs_with_the_defaults_link_and_its_defaults
     defaults = tmp_path / "installed/ansible_collections/airgap/kubernetes/roles/cluster_defaults/defaults/main"
     assert (defaults / "connection.yml").is_file() and "etcd_allow_even_members" in "".join(
         p.read_text() for p in defaults.glob("*.yml"))
+
+
+def _members(tarball: Path) -> list:
+    """The tarball's member names in their order, as GNU tar lists them."""
+    return subprocess.run(["tar", "-tzf", str(tarball)], check=True, capture_output=True, text=True).stdout.split()
+
+
+def test_the_tarball_leads_with_the_manifest_its_signature_and_the_release_key(release_key, tmp_path: Path) -> None:
+    """A bundle host checks the signature from the tarball's head (tar --occurrence), before it unpacks anything."""
+    b = _phases(tmp_path, release_key)
+    bb._release_key(b)
+    bundlefmt.write_manifest(b.bundle, images={}, arches=["amd64"], signed_by=b.signer)
+    bb._sign(b)
+    tarball = bb.make_tarball(b.bundle, b.out)
+    members = _members(tarball)
+    head = [f"{bb.BUNDLE_NAME}/{name}" for name in (bundlefmt.MANIFEST, bundlefmt.SIGNATURE, bundlefmt.RELEASE_KEY)]
+    assert members[:3] == head, members
+    # Every other entry once, the directory before what it holds: the tarball unpacks to the same tree as before.
+    assert sorted(members) == sorted(set(members))
+    assert members[3] == f"{bb.BUNDLE_NAME}/" and f"{bb.BUNDLE_NAME}/files/example.com/tool" in members
+    scratch = tmp_path / "head"
+    scratch.mkdir()
+    subprocess.run(["tar", "-xzf", str(tarball), "-C", str(scratch), "--occurrence", *head], check=True)
+    assert bundle_trust.verify_signature(scratch / bb.BUNDLE_NAME, [release_key.fingerprint]) == release_key.fingerprint
+
+
+def test_an_unsigned_bundles_tarball_leads_with_its_manifest(tmp_path: Path) -> None:
+    b = _phases(tmp_path, None)
+    bundlefmt.write_manifest(b.bundle, images={}, arches=["amd64"])
+    members = _members(bb.make_tarball(b.bundle, b.out))
+    assert members[:2] == [f"{bb.BUNDLE_NAME}/{bundlefmt.MANIFEST}", f"{bb.BUNDLE_NAME}/"], members
+    assert not (b.out / "bundle.tar.gz.members").exists()  # the list tar read is not left beside the tarball
