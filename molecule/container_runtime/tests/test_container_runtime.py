@@ -61,7 +61,7 @@ def test_every_catalog_registry_maps_to_the_bundle_registry(host):
         assert hosts_toml.contains(f'^server = "https://bundle.airgap.internal:5000/v2/{registry}"$'), registry
         assert not re.search(r"https://(registry\.k8s\.io|registry-1\.docker\.io|docker\.io|quay\.io)",
                              hosts_toml.content_string), registry
-        assert hosts_toml.contains('ca = "/usr/local/share/ca-certificates/airgap-kubernetes-ca.crt"'), registry
+        assert hosts_toml.contains('ca = "/etc/airgap-kubernetes/bundle-ca.crt"'), registry
 
 
 def test_upstream_name_is_pulled_from_the_bundle_registry_over_https(host):
