@@ -20,7 +20,8 @@ NR_SETTINGS="NR_KEEP_PACKAGES NR_REMOVE_ETCD_BACKUPS NR_RECORD_DIR
   NR_ETCD_DATA_DIR NR_ETCD_CONFIG_DIR NR_ETCD_PKI_DIR NR_ETCD_INSTALL_DIR NR_ETCD_BIN_DIR NR_ETCD_BINARIES
   NR_ETCD_SBIN_DIR NR_ETCD_USER NR_ETCD_BACKUP_DIR
   NR_LB_CONFIG NR_LB_PACKAGE
-  NR_CA_FILE NR_APT_SOURCE NR_APT_KEY NR_APT_REPO_URL NR_MODULES_LOAD_FILE NR_SYSCTL_FILE"
+  NR_CA_FILE NR_APT_CA_CONF NR_LEGACY_CA_FILE NR_APT_SOURCE NR_APT_KEY NR_APT_REPO_URL NR_MODULES_LOAD_FILE
+  NR_SYSCTL_FILE"
 
 # The iptables chains of the deploy: kube-proxy's and the kubelet's (KUBE-), the bridge network's (AIRGAP-, and
 # network_bridge_masq_chain by its name), the CNI plugins' (CNI-: portmap's hostport chains), calico's (cali-),
@@ -550,30 +551,37 @@ remove_state() {
             note "kept the etcd snapshots in $NR_ETCD_BACKUP_DIR (node_reset_remove_etcd_backups: true removes them)"; fi
     fi
     remove_etcd_user
-    # bootstrap_os: kernel settings for boot, swap, the cluster CA.
+    # bootstrap_os: kernel settings for boot, swap, the bundle CA where earlier deploys put it (the system trust
+    # store; its own file goes with the apt source, in reset_apt).
     if [ -e "$NR_MODULES_LOAD_FILE" ] || [ -e "$NR_SYSCTL_FILE" ]; then
         remove "$NR_MODULES_LOAD_FILE" "$NR_SYSCTL_FILE"
         note "loaded kernel modules and kernel parameters keep their current values until the next boot"
     fi
     restore_swap
-    if [ -e "$NR_CA_FILE" ]; then
-        remove "$NR_CA_FILE"
+    remove_legacy_ca
+}
+
+# The bundle CA in the system trust store, where earlier deploys put it; the store is rebuilt only when it was there.
+remove_legacy_ca() {
+    if [ -e "$NR_LEGACY_CA_FILE" ]; then
+        remove "$NR_LEGACY_CA_FILE"
+        # --fresh: a plain rebuild leaves the links it made for the CA dangling.
         if have update-ca-certificates; then
-            update-ca-certificates >/dev/null 2>&1 && changed "rebuilt the system trust store" ||
+            update-ca-certificates --fresh >/dev/null 2>&1 && changed "rebuilt the system trust store" ||
                 problem "update-ca-certificates failed"
         fi
     fi
     remove_ca_links
 }
 
-# update-ca-certificates keeps the links of a local certificate that is gone: the CA's .pem and its hash link.
+# A plain update-ca-certificates keeps the links of a local certificate that is gone: the CA's .pem and its hash link.
 remove_ca_links() {
     local pem link
-    pem=/etc/ssl/certs/$(basename -- "${NR_CA_FILE%.crt}").pem
+    pem=/etc/ssl/certs/$(basename -- "${NR_LEGACY_CA_FILE%.crt}").pem
     for link in "$pem" $(find /etc/ssl/certs -maxdepth 1 -type l -lname "*${pem##*/}" 2>/dev/null); do
         [ -L "$link" ] || continue
         case "$(readlink -- "$link")" in
-            "$NR_CA_FILE" | "${pem##*/}" | "$pem") rm -f -- "$link" && changed "removed the trust store link $link" ;;
+            "$NR_LEGACY_CA_FILE" | "${pem##*/}" | "$pem") rm -f -- "$link" && changed "removed the trust store link $link" ;;
         esac
     done
 }
@@ -687,7 +695,8 @@ restore_saved() {
     return 0
 }
 
-# The apt sources bootstrap_os moved aside come back; the bundle's source, key and package lists go.
+# The apt sources bootstrap_os moved aside come back; the bundle's source, key, CA (with apt's setting naming it) and
+# package lists go.
 reset_apt() {
     local f orig prefix n=0
     for f in /etc/apt/*.airgap-disabled /etc/apt/sources.list.d/*.airgap-disabled; do
@@ -707,7 +716,8 @@ reset_apt() {
         done
         [ "$n" = 0 ] || changed "removed the bundle repo's package lists ($n file(s))"
     fi
-    remove "$NR_APT_SOURCE" "$NR_APT_KEY"
+    remove "$NR_APT_SOURCE" "$NR_APT_KEY" "$NR_APT_CA_CONF" "$NR_CA_FILE"
+    remove_if_empty "${NR_CA_FILE%/*}"
 }
 
 # The package manager's own files as bootstrap_os recorded them: the caches, locks and backups that apt, dpkg and ucf
