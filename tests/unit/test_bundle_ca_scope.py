@@ -1,6 +1,7 @@
 """Specification of where the bundle CA is trusted: in a file of its own that the bundle server's clients name (apt for
 its name, containerd for its registry, every download from it), never in the system trust store, where every program
-on the node would trust it for any name. The last test runs a role's real download task over loopback HTTPS."""
+on the node would trust it for any name. The last tests run the role's guard and a real download task (over loopback
+HTTPS, from a server only a throwaway CA vouches for) with ansible-playbook."""
 from __future__ import annotations
 
 import datetime
@@ -132,7 +133,7 @@ def test_containerd_and_apt_name_the_bundle_ca_for_the_bundle_server_only():
     assert 'Acquire::https::"$host"::CaInfo=' in python and "Acquire::https::CAInfo" not in python
 
 
-# --- The etcd download, as written, over loopback HTTPS with a CA of the test's own ---------------------------------
+# --- Role tasks as written, run by a real ansible-playbook on this host ---------------------------------------------
 
 def _issue(tmp_path: Path) -> tuple[Path, Path, Path]:
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -177,19 +178,41 @@ def bundle_https(tmp_path):
     server.server_close()
 
 
-def _run_etcd_download(tmp_path: Path, url: str, sha256: str, ca_file: Path) -> subprocess.CompletedProcess:
-    tasks = yaml.safe_load((REPO / "roles/etcd/tasks/install.yml").read_text())
-    task = next(t for t in tasks if t.get("name") == "Download the etcd release and check its sha256")
-    task["ansible.builtin.get_url"].update(owner=str(os.geteuid()), group=str(os.getegid()))
-    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [task],
-             "vars": {"etcd_install_dir": str(tmp_path / "downloads"), "bootstrap_os_ca_file": str(ca_file),
-                      "etcd_artifact": {"url": url, "sha256": sha256}}}]
-    (tmp_path / "downloads").mkdir(exist_ok=True)
+def _role_task(tasks_file: str, name: str) -> dict:
+    return next(t for t in yaml.safe_load((REPO / "roles" / tasks_file).read_text()) if t.get("name") == name)
+
+
+def _run_task(tmp_path: Path, task: dict, variables: dict) -> subprocess.CompletedProcess:
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [task], "vars": variables}]
     (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
     return subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "-e",
                            f"ansible_python_interpreter={VENV_BIN / 'python'}", str(tmp_path / "play.yml")],
                           capture_output=True, text=True, env=env, timeout=120)
+
+
+def _run_etcd_download(tmp_path: Path, url: str, sha256: str, ca_file: Path) -> subprocess.CompletedProcess:
+    task = _role_task("etcd/tasks/install.yml", "Download the etcd release and check its sha256")
+    task["ansible.builtin.get_url"].update(owner=str(os.geteuid()), group=str(os.getegid()))
+    (tmp_path / "downloads").mkdir(exist_ok=True)
+    return _run_task(tmp_path, task, {"etcd_install_dir": str(tmp_path / "downloads"), "bootstrap_os_ca_file": str(ca_file),
+                                      "etcd_artifact": {"url": url, "sha256": sha256}})
+
+
+@pytest.mark.parametrize("ca_file", ["/usr/local/share/ca-certificates/airgap.crt", "/etc/ssl/certs/bundle.pem",
+                                     "/etc/kubernetes/pki/ca.crt", "bundle-ca.crt"])
+def test_the_role_refuses_a_bundle_ca_file_in_the_system_store_or_the_kubernetes_pki(tmp_path, ca_file):
+    proc = _run_task(tmp_path, _role_task("bootstrap_os/tasks/main.yml", "Check where the bundle CA goes"),
+                     {"bootstrap_os_ca_file": ca_file})
+    assert proc.returncode != 0
+    assert f"bootstrap_os_ca_file is {ca_file}: the bundle CA must go to a file of its own" in proc.stdout, proc.stdout
+    assert "/etc/airgap-kubernetes/bundle-ca.crt" in proc.stdout
+
+
+def test_the_role_accepts_a_bundle_ca_file_of_its_own(tmp_path):
+    proc = _run_task(tmp_path, _role_task("bootstrap_os/tasks/main.yml", "Check where the bundle CA goes"),
+                     {"bootstrap_os_ca_file": "/etc/airgap-kubernetes/bundle-ca.crt"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_a_download_from_the_bundle_server_is_checked_against_the_bundle_ca_alone(tmp_path, bundle_https):
