@@ -4,9 +4,9 @@ none, as its bundle can carry no addon image; tests/lab/test_manifests_apiserver
 Kubernetes v1.20.2 (built from Debian's source package). A run killed in 01 resumes there; a rerun skips every
 step; a second full run changes nothing; the cluster works (pods, Services, NodePorts, Secrets encrypted in etcd),
 survives a stopped control plane, and takes a changed API server flag one control plane at a time. Then the day-2
-commands on the same cluster: add-node of a spare worker (node6, left out of the first deploy), remove-node of a
-worker, of a control plane that is an etcd member, and (--force) of a stopped node, and remove-cluster, which must
-leave every node as it was before the deploy."""
+commands on the same cluster: add-node of a spare worker (node6, left out of the first deploy) while the worker
+node5 hangs (its container paused), remove-node of a worker, of a control plane that is an etcd member, and (--force)
+of a stopped node, and remove-cluster, which must leave every node as it was before the deploy."""
 from __future__ import annotations
 
 import base64
@@ -36,6 +36,8 @@ CONTROL_PLANES = ("node1", "node2", "node3")
 WORKERS = ("node4", "node5")
 PYTHONLESS = "node5"
 SPARE = "node6"
+# The existing worker that hangs during add-node of SPARE (node4 serves the tests through its balancer).
+DOWN = "node5"
 BUSYBOX = "docker.io/library/busybox:1.35.0"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
@@ -452,6 +454,8 @@ def node_ready(prepared, name: str) -> bool:
 
 @pytest.fixture(scope="module")
 def added(prepared, deployed):
+    """add-node of the spare worker while an existing worker (DOWN) hangs: its container is paused, so its kernel
+    still accepts TCP connections on port 22 but no SSH server answers, as on a hung host. Unpaused afterwards."""
     existing = CONTROL_PLANES + WORKERS
     before = {h: start_times(prepared, h) for h in existing}
     spare = yaml.safe_load((prepared.inventory.parent / "spare.yml").read_text())
@@ -460,17 +464,35 @@ def added(prepared, deployed):
         data["all"]["hosts"][SPARE] = spare
         data["all"]["children"]["kube_node"]["hosts"][SPARE] = {}
     edit_inventory(prepared, add)
-    t0 = time.monotonic()
-    proc = run_sh(prepared, "add-node", SPARE)
-    seconds = time.monotonic() - t0
-    return {"proc": proc, "seconds": seconds, "before": before,
+    down = prepared.lab.host(DOWN).container
+    subprocess.run(["docker", "pause", down], check=True, capture_output=True)
+    try:
+        t0 = time.monotonic()
+        proc = run_sh(prepared, "add-node", SPARE)
+        seconds = time.monotonic() - t0
+        spare_ready_while_down = node_ready(prepared, SPARE)
+    finally:
+        subprocess.run(["docker", "unpause", down], check=True, capture_output=True)
+    # Healthy again for the tests after this one (a pause restarts nothing, so its start times stay comparable).
+    wait_for(f"{DOWN}'s SSH back", lambda: ssh(prepared, DOWN, "true", timeout=30).returncode == 0, timeout=60)
+    wait_for(f"{DOWN} Ready again once unpaused", lambda: node_ready(prepared, DOWN), timeout=180)
+    return {"proc": proc, "seconds": seconds, "before": before, "spare_ready_while_down": spare_ready_while_down,
             "after": {h: start_times(prepared, h) for h in existing}}
 
 
 def test_add_node_makes_the_new_worker_ready(prepared, added):
     assert added["proc"].returncode == 0, added["proc"].stdout[-4000:]
-    assert node_ready(prepared, SPARE)
-    print(f"add-node {SPARE} with 5 existing nodes: {added['seconds']:.1f} s")
+    assert added["spare_ready_while_down"] and node_ready(prepared, SPARE)
+    print(f"add-node {SPARE} with 5 existing nodes, {DOWN} hung: {added['seconds']:.1f} s")
+
+
+def test_add_node_names_a_hung_existing_node_and_runs_no_task_on_it(prepared, added):
+    out = added["proc"].stdout
+    assert f"Not reachable, left alone: {DOWN}. The new nodes join without them; fix them with ./run.sh " \
+           "deploy-cluster later." in out, out[-4000:]
+    # Nothing delegated to it either (a delegated task logs "[node6 -> node5]"; the play recap names only play hosts).
+    log = log_of(prepared, "scale-nodes")
+    assert f"-> {DOWN}]" not in log and DOWN not in cluster.play_recap(log)
 
 
 def test_add_node_runs_no_task_on_the_existing_nodes_and_restarts_nothing(prepared, added):
