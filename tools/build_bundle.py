@@ -126,7 +126,8 @@ def tarball_members(bundle: Path) -> list:
     """What make_tarball packs, in its order: manifest.json, manifest.json.asc and keys/release.asc first (those
     present), so that a bundle host checks the signature from the tarball's head before it unpacks anything; then the
     top-level directory and the rest, sorted (the same tree packs to the same order)."""
-    first = [name for name in bundle_trust.TRUST_MEMBERS if (bundle / name).is_file() and not (bundle / name).is_symlink()]
+    first = [name for name in bundle_trust.TRUST_MEMBERS
+             if (bundle / name).is_file() and not (bundle / name).is_symlink()]
     names = [f"{bundle.name}/{name}" for name in first]
     head = set(names)
     for here, dirs, files in os.walk(bundle):

@@ -233,7 +233,8 @@ def verify_signature(bundle_dir: PathLike, trusted_keys: Iterable[str], gpgv: st
     if not manifest.is_file():
         raise BundleError(f"{manifest} does not exist: this is not an unpacked bundle")
     if not os.path.lexists(signature):
-        raise TrustError(f"{shown_as or root} is unsigned (no {SIGNATURE}), and bundle_trusted_keys pins {pinned}: build the "
+        raise TrustError(f"{shown_as or root} is unsigned (no {SIGNATURE}), and bundle_trusted_keys pins {pinned}: "
+                         "build the "
                          f"bundle with `run.sh build-bundle --sign-key <release key>`, or copy {SIGNATURE} too if "
                          "the copy left it out")
     if not stat.S_ISREG(signature.lstat().st_mode):
@@ -255,11 +256,13 @@ def verify_signature(bundle_dir: PathLike, trusted_keys: Iterable[str], gpgv: st
         shutil.rmtree(home, ignore_errors=True)
     status = _status(proc.stdout)
     if len(status.get("NEWSIG", [])) != 1:
-        raise TrustError(f"{shown[SIGNATURE]} holds {len(status.get('NEWSIG', []))} signatures, build-bundle writes one: "
+        raise TrustError(f"{shown[SIGNATURE]} holds {len(status.get('NEWSIG', []))} signatures, build-bundle writes "
+                         "one: "
                          "re-copy the bundle from the medium")
     for word, why in (("EXPKEYSIG", "an expired key"), ("REVKEYSIG", "a revoked key"), ("EXPSIG", "an expired signature")):
         if word in status:
-            raise TrustError(f"{shown[MANIFEST]} is signed with {why} ({status[word][0][0]}): sign the bundle again with a "
+            raise TrustError(f"{shown[MANIFEST]} is signed with {why} ({status[word][0][0]}): sign the bundle again "
+                             "with a "
                              f"valid release key and pin it (pinned: {pinned})")
     if "BADSIG" in status:
         raise _changed(shown[MANIFEST], status["BADSIG"][0][0])
@@ -328,7 +331,8 @@ def extract_trust_members(archive: PathLike, dest: PathLike) -> bool:
                                       f"a tarball build-bundle made; {FIX}")
                 if member.size > TRUST_MEMBER_LIMIT:
                     raise BundleError(f"{name} in {archive} is {member.size} bytes, more than any bundle's "
-                                      f"({TRUST_MEMBER_LIMIT >> 20} MiB): this is not a tarball build-bundle made; {FIX}")
+                                      f"({TRUST_MEMBER_LIMIT >> 20} MiB): this is not a tarball build-bundle made; "
+                                      f"{FIX}")
                 target = dest / name
                 target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 source = tar.extractfile(member)

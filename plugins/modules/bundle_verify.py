@@ -21,7 +21,8 @@ description:
     C(manifest.json.asc) and C(keys/release.asc) are copied out of the tarball into a private scratch directory
     (mode 0700, removed after) and checked there. build-bundle packs them first, so only the head of the tarball is
     read; a tarball packed otherwise is read through to find them, never unpacked and never let through unchecked.
-    The full check of the unpacked tree (with O(path)) still follows, since the tarball could hold a second copy of a name.
+    The full check of the unpacked tree (with O(path)) still follows, since the tarball could hold a second copy of
+    a name.
   - Never changes anything; safe in check mode.
   - The format is described in the collection's C(docs/bundle-format.md).
 version_added: 0.1.0
@@ -187,7 +188,8 @@ def check_archive(module: AnsibleModule) -> None:
     try:
         if not keys:
             establish_trust(archive, keys, params["checksum_verified"])
-            module.exit_json(changed=False, checked=False, reason="no key is pinned: the tarball's sha256 vouches for it")
+            module.exit_json(changed=False, checked=False,
+                             reason="no key is pinned: the tarball's sha256 vouches for it")
         reason = _cannot_check_here(archive, keys) if params["controller"] else ""
         if reason:
             module.exit_json(changed=False, checked=False, reason=f"{reason}: the bundle host checks the signature")

@@ -66,7 +66,8 @@ def test_an_unsigned_tarball_is_refused_by_name_when_a_key_is_pinned(bundle: Pat
     tarball = make_tarball(bundle, tmp_path)
     with pytest.raises(bt.TrustError) as err:
         bt.verify_archive_signature(tarball, [site.fingerprint])
-    assert f"{tarball} is unsigned (no {bf.SIGNATURE}), and bundle_trusted_keys pins {site.fingerprint}" in str(err.value)
+    assert (f"{tarball} is unsigned (no {bf.SIGNATURE}), and bundle_trusted_keys pins {site.fingerprint}"
+            in str(err.value))
     assert "run.sh build-bundle --sign-key" in str(err.value)
 
 
@@ -212,7 +213,8 @@ def test_a_controller_without_gpgv_or_sqv_leaves_the_check_to_the_bundle_host(bu
     result = _module(tmp_path, {"archive": str(tarball), "trusted_keys": [site.fingerprint], "controller": True},
                      path=str(bare))
     assert not result.get("failed") and result["checked"] is False, result
-    assert result["reason"] == "neither gpgv nor sqv is installed on the controller: the bundle host checks the signature"
+    assert result["reason"] == ("neither gpgv nor sqv is installed on the controller: "
+                                "the bundle host checks the signature")
     # On the bundle host (no controller: true) the same tarball is refused, with or without a verifier installed.
     result = _module(tmp_path, {"archive": str(tarball), "trusted_keys": [site.fingerprint]}, path=str(bare))
     assert result.get("failed") and f"{tarball} is unsigned" in result["msg"], result
