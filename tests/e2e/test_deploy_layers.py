@@ -39,6 +39,8 @@ SPARE = "node6"
 # The existing worker that hangs during add-node of SPARE (node4 serves the tests through its balancer).
 DOWN = "node5"
 BUSYBOX = "docker.io/library/busybox:1.35.0"
+# The task of layer 01 on the nodes that the first deploy is killed in (roles/bootstrap_os/tasks/trust.yml).
+KILL_AT = "Take the bundle CA out of the system trust store"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
@@ -137,19 +139,23 @@ def lock_free(path: Path) -> bool:
 @pytest.fixture(scope="module")
 def deployed(prepared):
     """The whole deploy, first killed in 01 and then resumed: what every later test uses."""
-    proc = subprocess.Popen(deploy_argv(prepared), cwd=REPO, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}, start_new_session=True)
+    # Into a file, not a pipe: a pipe nobody reads until the kill stalls the deploy once it holds 64 KiB.
+    out = prepared.lab.dir / "deploy-killed.out"
+    with open(out, "w", encoding="utf-8") as fh:
+        proc = subprocess.Popen(deploy_argv(prepared), cwd=REPO, text=True, stdout=fh, stderr=subprocess.STDOUT,
+                                env={**os.environ, "NO_COLOR": "1"}, start_new_session=True)
     log = prepared.inventory.parent / ".airgap" / "logs" / "01-bootstrap-os.log"
     deadline = time.monotonic() + 900
-    # Killed once the nodes' own bootstrap is under way: the bundle server is up, the nodes half done.
-    while not (log.exists() and "Install the cluster CA into the trust store" in log.read_text()):
-        assert proc.poll() is None, f"deploy ended before 01 got to the nodes:\n{proc.stdout.read()}"
-        assert time.monotonic() < deadline, "01-bootstrap-os did not reach the nodes in 900 s"
+    # Killed once the nodes' own bootstrap is under way: the bundle server is up, the nodes half done (this task comes
+    # right after the bundle CA's file is written on the nodes).
+    while not (log.exists() and KILL_AT in log.read_text()):
+        assert proc.poll() is None, f"deploy ended before 01 ran {KILL_AT!r} on the nodes:\n{out.read_text()[-6000:]}"
+        assert time.monotonic() < deadline, f"01-bootstrap-os did not run {KILL_AT!r} on the nodes in 900 s"
         time.sleep(0.5)
     time.sleep(3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    first = proc.stdout.read()
+    first = out.read_text()
     # The playbook runs in a process group of its own and keeps the inventory's lock after run.sh dies, so no second
     # run starts beside it: kill it too, as the controller crashing would, and wait until the lock is free.
     lock = prepared.inventory.parent / ".airgap" / "lock"
