@@ -37,7 +37,7 @@ CLEANUP_TASK = ("roles/bootstrap_os/tasks/trust.yml",
 ALLOWED_TASKS = {CLEANUP_TASK, ("roles/bootstrap_os/tasks/main.yml", "Check where the bundle CA goes")}
 # Requests that do not go to the bundle server, and why.
 NOT_THE_BUNDLE_SERVER = {
-    ("roles/control_plane/tasks/members.yml", "Wait for the local API server"): "this node's own API server",
+    ("roles/control_plane/tasks/healthy.yml", "Wait for the local API server"): "this node's own API server",
 }
 MODULES = ("ansible.builtin.get_url", "ansible.builtin.uri", "get_url", "uri")
 
