@@ -195,8 +195,11 @@ def _run_etcd_download(tmp_path: Path, url: str, sha256: str, ca_file: Path) -> 
     task = _role_task("etcd/tasks/install.yml", "Download the etcd release and check its sha256")
     task["ansible.builtin.get_url"].update(owner=str(os.geteuid()), group=str(os.getegid()))
     (tmp_path / "downloads").mkdir(exist_ok=True)
+    # The timeout as group_vars sets it; no retry, so that a refused download fails at once.
+    timeout = yaml.safe_load((REPO / "group_vars" / "all" / "bootstrap_os.yml").read_text())["bundle_download_timeout"]
     return _run_task(tmp_path, task, {"etcd_install_dir": str(tmp_path / "downloads"), "bootstrap_os_ca_file": str(ca_file),
-                                      "etcd_artifact": {"url": url, "sha256": sha256}})
+                                      "etcd_artifact": {"url": url, "sha256": sha256},
+                                      "bundle_download_timeout": timeout, "bundle_download_retries": 0})
 
 
 @pytest.mark.parametrize("ca_file", ["/usr/local/share/ca-certificates/airgap.crt", "/etc/ssl/certs/bundle.pem",
