@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -447,7 +448,6 @@ def strategy_env(environ: dict[str, str]) -> dict[str, str]:
         raise StepError(f"AIRGAP_ANSIBLE_STRATEGY={wanted!r}: use one of {', '.join(STRATEGIES)}")
     if environ.get("ANSIBLE_STRATEGY") or wanted == "linear":
         return {}
-    import importlib.util
     spec = importlib.util.find_spec("ansible_mitogen")
     if spec is None or not spec.submodule_search_locations:
         raise StepError("AIRGAP_ANSIBLE_STRATEGY=mitogen, but ansible_mitogen is not installed next to this Python: "
