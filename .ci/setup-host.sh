@@ -4,7 +4,7 @@
 set -euo pipefail
 
 APT_PKGS=(docker.io debootstrap skopeo rsync golang-go golang-github-modern-go-reflect2-dev
-          dpkg-dev git openssh-client jq curl gnupg sqv apt-utils busybox-static docker-registry)
+          dpkg-dev git openssh-client jq curl gnupg sqv apt-utils busybox-static docker-registry haproxy)
 
 log() { printf '[setup-host] %s\n' "$*"; }
 
@@ -37,9 +37,9 @@ ensure_apt() {
     log "installing: ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  # The tests start docker-registry themselves, on loopback ports they pick; the packaged
-  # service would only hold port 5000 on a systemd host.
-  if [ -d /run/systemd/system ]; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
+  # The tests start docker-registry and haproxy themselves, on loopback ports they pick; the packaged
+  # services would only hold ports on a systemd host.
+  if [ -d /run/systemd/system ]; then systemctl disable --now docker-registry haproxy >/dev/null 2>&1 || true; fi
 }
 
 ensure_dockerd() {

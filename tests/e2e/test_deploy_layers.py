@@ -398,7 +398,10 @@ def test_a_changed_apiserver_flag_is_rolled_one_control_plane_at_a_time_and_the_
             out = worker_kubectl(prepared, "get --raw /livez --request-timeout=5s", timeout=20)
             probes[0] += 1
             if out.stdout.strip() != "ok":
-                failures.append(out.stderr.strip()[-200:])
+                # The failed checks ([-] lines) of an API server that answered, else kubectl's own error.
+                text = out.stdout + out.stderr
+                failed = [line for line in text.splitlines() if line.startswith("[-]")]
+                failures.append(f"{time.strftime('%H:%M:%S')} " + ("; ".join(failed) or text.strip()[-200:]))
             time.sleep(1)
 
     thread = threading.Thread(target=probe, daemon=True)
@@ -421,6 +424,10 @@ def test_a_changed_apiserver_flag_is_rolled_one_control_plane_at_a_time_and_the_
         manifest = ssh(prepared, host, "cat /etc/kubernetes/manifests/kube-apiserver.yaml").stdout
         assert "--default-not-ready-toleration-seconds=120" in manifest, host
     print(f"API probes through node4's balancer during the roll: {probes[0]}, failed: {len(failures)}")
+    if failures:
+        # What node4's balancer saw: its servers going down and up, with the time of each.
+        print(ssh(prepared, "node4", "journalctl -o short-precise --no-pager -u haproxy -n 200 | grep -i -e down -e up "
+                  "-e 'no server'").stdout)
     assert failures == [], failures
 
 
