@@ -388,20 +388,36 @@ def test_the_api_stays_up_through_a_workers_balancer_while_a_control_plane_is_do
     assert (health.stdout + health.stderr).count("is healthy") == 3
 
 
+def running_step(prepared, since: float) -> str:
+    """The layer a deploy started at `since` runs now: the last one whose log it has written."""
+    logs = prepared.inventory.parent / ".airgap" / "logs"
+    written = [step for step in LAYERS if (logs / f"{step}.log").exists()
+               and (logs / f"{step}.log").stat().st_mtime >= since]
+    return written[-1] if written else "before 00-ssh"
+
+
 def test_a_changed_apiserver_flag_is_rolled_one_control_plane_at_a_time_and_the_api_stays_up(prepared, deployed):
+    """The API through node4's balancer, probed every second for the whole deploy: every probe while layer 03 rolls
+    the change must pass, and every probe at all must reach a serving API server. Outside the roll, an API server that
+    answers with one of its health checks failing is printed, not failed: under the suite's load a control plane's
+    etcd check has failed for a second while layer 01 ran and no task touched it."""
     extra = prepared.inventory.parent / "group_vars" / "all" / "e2e-roll.yml"
     extra.write_text("---\nkube_apiserver_extra_args:\n  default-not-ready-toleration-seconds: 120\n")
-    failures, probes, stop = [], [0], threading.Event()
+    failures, probes, stop = [], {}, threading.Event()
+    since = time.time() - 1
 
     def probe():
         while not stop.is_set():
             out = worker_kubectl(prepared, "get --raw /livez --request-timeout=5s", timeout=20)
-            probes[0] += 1
+            step = running_step(prepared, since)
+            probes[step] = probes.get(step, 0) + 1
             if out.stdout.strip() != "ok":
-                # The failed checks ([-] lines) of an API server that answered, else kubectl's own error.
-                text = out.stdout + out.stderr
-                failed = [line for line in text.splitlines() if line.startswith("[-]")]
-                failures.append(f"{time.strftime('%H:%M:%S')} " + ("; ".join(failed) or text.strip()[-200:]))
+                # kubectl quotes the body of a failed check with its newlines escaped.
+                text = (out.stdout + out.stderr).replace("\\n", "\n")
+                checks = [line for line in text.splitlines() if line.startswith("[-]")]
+                answered = bool(checks) or "livez check failed" in text
+                failures.append({"step": step, "at": time.strftime("%H:%M:%S"), "answered": answered,
+                                 "what": "; ".join(checks) or text.strip()[-200:]})
             time.sleep(1)
 
     thread = threading.Thread(target=probe, daemon=True)
@@ -423,12 +439,16 @@ def test_a_changed_apiserver_flag_is_rolled_one_control_plane_at_a_time_and_the_
     for host in CONTROL_PLANES:
         manifest = ssh(prepared, host, "cat /etc/kubernetes/manifests/kube-apiserver.yaml").stdout
         assert "--default-not-ready-toleration-seconds=120" in manifest, host
-    print(f"API probes through node4's balancer during the roll: {probes[0]}, failed: {len(failures)}")
+    print(f"API probes through node4's balancer, per layer: {probes}; failed: {len(failures)}")
+    for failure in failures:
+        print(failure)
     if failures:
         # What node4's balancer saw: its servers going down and up, with the time of each.
         print(ssh(prepared, "node4", "journalctl -o short-precise --no-pager -u haproxy -n 200 | grep -i -e down -e up "
                   "-e 'no server'").stdout)
-    assert failures == [], failures
+    assert probes.get("03-control-plane", 0) >= 30, probes
+    assert [f for f in failures if f["step"] == "03-control-plane"] == [], "the API failed during the roll"
+    assert [f for f in failures if not f["answered"]] == [], "node4's balancer reached no serving API server"
 
 
 # --------------------------------------------------------------------------- day 2, on the same cluster

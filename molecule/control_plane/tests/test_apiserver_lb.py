@@ -44,8 +44,13 @@ def test_haproxy_health_checks_every_control_plane_api_server(host):
     assert "option httpchk GET /readyz" in backend
     default_server = next(line.split() for line in backend if line.startswith("default-server "))
     assert "check" in default_server and "check-ssl" in default_server
-    # The one control plane; the worker runs no API server.
-    assert [line for line in backend if line.startswith("server ")] == [f"server {CONTROL} {IPS[CONTROL]}:6443"]
+    # The one control plane (the worker runs no API server), checked, and its unchecked twin, used only while every
+    # check fails.
+    assert "option allbackups" in backend
+    assert [line for line in backend if line.startswith("server ")] == [
+        f"server {CONTROL} {IPS[CONTROL]}:6443", f"server {CONTROL}-unchecked {IPS[CONTROL]}:6443 backup no-check"]
+    assert any(line.startswith("timeout check ") for line in
+               _config_section(host.file(HAPROXY_CFG).content_string, "defaults"))
     assert host.run(f"haproxy -c -f {HAPROXY_CFG}").rc == 0
 
 
