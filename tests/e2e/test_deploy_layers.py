@@ -397,10 +397,10 @@ def running_step(prepared, since: float) -> str:
 
 
 def test_a_changed_apiserver_flag_is_rolled_one_control_plane_at_a_time_and_the_api_stays_up(prepared, deployed):
-    """The API through node4's balancer, probed every second for the whole deploy: every probe while layer 03 rolls
-    the change must pass, and every probe at all must reach a serving API server. Outside the roll, an API server that
-    answers with one of its health checks failing is printed, not failed: under the suite's load a control plane's
-    etcd check has failed for a second while layer 01 ran and no task touched it."""
+    """The API through node4's balancer, read every second for the whole deploy (a quorum read of a namespace from
+    etcd, as clients read): every read must succeed, the ones while layer 03 rolls the change included. /livez is not
+    the probe: its etcd check has failed for a second on an API server no task touched (layer 01, under load) while
+    the API served reads."""
     extra = prepared.inventory.parent / "group_vars" / "all" / "e2e-roll.yml"
     extra.write_text("---\nkube_apiserver_extra_args:\n  default-not-ready-toleration-seconds: 120\n")
     failures, probes, stop = [], {}, threading.Event()
@@ -408,16 +408,14 @@ def test_a_changed_apiserver_flag_is_rolled_one_control_plane_at_a_time_and_the_
 
     def probe():
         while not stop.is_set():
-            out = worker_kubectl(prepared, "get --raw /livez --request-timeout=5s", timeout=20)
+            out = worker_kubectl(prepared, "get --raw /api/v1/namespaces/kube-system --request-timeout=10s",
+                                 timeout=30)
             step = running_step(prepared, since)
             probes[step] = probes.get(step, 0) + 1
-            if out.stdout.strip() != "ok":
-                # kubectl quotes the body of a failed check with its newlines escaped.
+            if '"name":"kube-system"' not in out.stdout.replace(" ", ""):
+                # kubectl quotes an error body with its newlines escaped.
                 text = (out.stdout + out.stderr).replace("\\n", "\n")
-                checks = [line for line in text.splitlines() if line.startswith("[-]")]
-                answered = bool(checks) or "livez check failed" in text
-                failures.append({"step": step, "at": time.strftime("%H:%M:%S"), "answered": answered,
-                                 "what": "; ".join(checks) or text.strip()[-200:]})
+                failures.append({"step": step, "at": time.strftime("%H:%M:%S"), "what": text.strip()[-300:]})
             time.sleep(1)
 
     thread = threading.Thread(target=probe, daemon=True)
@@ -447,8 +445,7 @@ def test_a_changed_apiserver_flag_is_rolled_one_control_plane_at_a_time_and_the_
         print(ssh(prepared, "node4", "journalctl -o short-precise --no-pager -u haproxy -n 200 | grep -i -e down -e up "
                   "-e 'no server'").stdout)
     assert probes.get("03-control-plane", 0) >= 30, probes
-    assert [f for f in failures if f["step"] == "03-control-plane"] == [], "the API failed during the roll"
-    assert [f for f in failures if not f["answered"]] == [], "node4's balancer reached no serving API server"
+    assert failures == [], "reads through node4's balancer failed"
 
 
 # --------------------------------------------------------------------------- day 2, on the same cluster
