@@ -91,8 +91,13 @@ def deploy(prepared, *extra: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def logs_dir(prepared):
+    """Where run.sh writes one log per layer for this inventory."""
+    return prepared.inventory.parent / ".airgap" / "logs"
+
+
 def log_of(prepared, step: str) -> str:
-    return (prepared.inventory.parent / ".airgap" / "logs" / f"{step}.log").read_text()
+    return (logs_dir(prepared) / f"{step}.log").read_text()
 
 
 def ssh(prepared, host: str, script: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -144,7 +149,7 @@ def deployed(prepared):
     with open(out, "w", encoding="utf-8") as fh:
         proc = subprocess.Popen(deploy_argv(prepared), cwd=REPO, text=True, stdout=fh, stderr=subprocess.STDOUT,
                                 env={**os.environ, "NO_COLOR": "1"}, start_new_session=True)
-    log = prepared.inventory.parent / ".airgap" / "logs" / "01-bootstrap-os.log"
+    log = logs_dir(prepared) / "01-bootstrap-os.log"
     deadline = time.monotonic() + 900
     # Killed once the nodes' own bootstrap is under way: the bundle server is up, the nodes half done (this task comes
     # right after the bundle CA's file is written on the nodes).
@@ -390,7 +395,7 @@ def test_the_api_stays_up_through_a_workers_balancer_while_a_control_plane_is_do
 
 def running_step(prepared, since: float) -> str:
     """The layer a deploy started at `since` runs now: the last one whose log it has written."""
-    logs = prepared.inventory.parent / ".airgap" / "logs"
+    logs = logs_dir(prepared)
     written = [step for step in LAYERS if (logs / f"{step}.log").exists()
                and (logs / f"{step}.log").stat().st_mtime >= since]
     return written[-1] if written else "before 00-ssh"

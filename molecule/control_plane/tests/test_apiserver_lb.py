@@ -40,7 +40,8 @@ def test_haproxy_listens_on_loopback_only(host):
 
 
 def test_haproxy_health_checks_every_control_plane_api_server(host):
-    backend = _config_section(host.file(HAPROXY_CFG).content_string, "backend kube_apiserver")
+    config = host.file(HAPROXY_CFG).content_string
+    backend = _config_section(config, "backend kube_apiserver")
     assert "option httpchk GET /readyz" in backend
     default_server = next(line.split() for line in backend if line.startswith("default-server "))
     assert "check" in default_server and "check-ssl" in default_server
@@ -49,8 +50,7 @@ def test_haproxy_health_checks_every_control_plane_api_server(host):
     assert "option allbackups" in backend
     assert [line for line in backend if line.startswith("server ")] == [
         f"server {CONTROL} {IPS[CONTROL]}:6443", f"server {CONTROL}-unchecked {IPS[CONTROL]}:6443 backup no-check"]
-    assert any(line.startswith("timeout check ") for line in
-               _config_section(host.file(HAPROXY_CFG).content_string, "defaults"))
+    assert any(line.startswith("timeout check ") for line in _config_section(config, "defaults"))
     assert host.run(f"haproxy -c -f {HAPROXY_CFG}").rc == 0
 
 
