@@ -73,19 +73,10 @@ changed_files:
 """
 
 import errno
-import grp
 import os
-import pwd
 import tempfile
 
-
-def _ids(owner: str, group: str) -> tuple[int, int]:
-    try:
-        uid = int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
-        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-    except KeyError as exc:
-        raise ValueError(f"no such user or group on this host: {exc.args[0]}") from None
-    return uid, gid
+from ansible_collections.airgap.kubernetes.plugins.module_utils.ownership import ids
 
 
 def _attrs_differ(st: os.stat_result, mode: int, uid: int, gid: int) -> bool:
@@ -121,7 +112,7 @@ def apply(directories: list[dict], files: list[dict], check: bool = False) -> tu
     changed, diff = [], {}
     for d in directories:
         path, mode = d["path"], int(str(d.get("mode") or "0755"), 8)
-        uid, gid = _ids(str(d.get("owner") or "root"), str(d.get("group") or "root"))
+        uid, gid = ids(str(d.get("owner") or "root"), str(d.get("group") or "root"))
         if os.path.isdir(path):
             st = os.stat(path)
             if not _attrs_differ(st, mode, uid, gid):
@@ -135,7 +126,7 @@ def apply(directories: list[dict], files: list[dict], check: bool = False) -> tu
             os.chmod(path, mode)
     for f in files:
         dest, mode = f["dest"], int(str(f.get("mode") or "0644"), 8)
-        uid, gid = _ids(str(f.get("owner") or "root"), str(f.get("group") or "root"))
+        uid, gid = ids(str(f.get("owner") or "root"), str(f.get("group") or "root"))
         data = f["content"].encode()
         before = None
         if os.path.lexists(dest):

@@ -47,7 +47,7 @@ def test_the_unpacked_etcd_binaries_belong_to_root_not_to_the_tarballs_build_uid
     release = tmp_path / "v3.4.23"
     release.mkdir()
     run_task(tmp_path, role_task("etcd/tasks/install.yml", "Unpack the etcd release"), {
-        "etcd_install_dir": str(tmp_path), "etcd_release_dir": str(release),
+        "etcd_install_dir": str(tmp_path), "etcd_release_dir": str(release), "etcd_download": {"changed": True},
         "etcd_artifact": {"url": "https://bundle/files/etcd-v3.4.23-linux-amd64.tar.gz", "mode": "0755",
                           "unpack": {"members": ETCD_MEMBERS, "strip_components": 1}}})
     assert sorted(p.name for p in release.iterdir()) == ["etcd", "etcdctl"]

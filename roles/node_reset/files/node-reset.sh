@@ -503,7 +503,7 @@ remove_release_files() {
         [ -L "$link" ] || continue
         case "$(readlink -- "$link")" in "$NR_ETCD_INSTALL_DIR"/*) remove "$link" ;; esac
     done
-    remove "$NR_ETCD_INSTALL_DIR"/v[0-9]* "$NR_ETCD_INSTALL_DIR"/etcd-v*.tar.gz
+    remove "$NR_ETCD_INSTALL_DIR"/v[0-9]* "$NR_ETCD_INSTALL_DIR"/etcd-v*.tar.gz "$NR_ETCD_INSTALL_DIR"/etcd-v*.tar.gz.unpacked.sha256
     remove_if_empty "$NR_ETCD_INSTALL_DIR"
     remove "$NR_DOWNLOAD_DIR"
     remove_parent_if_empty airgap-kubernetes "$NR_DOWNLOAD_DIR"
