@@ -335,6 +335,33 @@ def test_a_secret_is_encrypted_in_etcd(prepared, deployed):
     assert ssh(prepared, "node3", "md5sum /etc/kubernetes/encryption/keys.json | cut -c1-32").stdout.split()[0] == keys[1]
 
 
+ETCD_CLIENT = "/etc/kubernetes/pki/etcd-external/apiserver-etcd-client"
+
+
+def test_each_control_plane_keeps_an_etcd_client_key_of_its_own_that_the_joins_never_carried(prepared, deployed):
+    """The joins of node2 and node3 uploaded the control-plane certificates without node1's etcd client certificate
+    (kubeadm stores a missing file as empty, and a joining node keeps its own): each control plane's certificate
+    holds the public key of its own key, and the three keys differ."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    def public(key) -> bytes:
+        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    keys = {}
+    for host in CONTROL_PLANES:
+        out = ssh(prepared, host, f"cat {ETCD_CLIENT}.key; echo ===; cat {ETCD_CLIENT}.crt")
+        assert out.returncode == 0, out.stderr
+        key_pem, cert_pem = out.stdout.split("===\n")
+        keys[host] = public(serialization.load_pem_private_key(key_pem.encode(), None).public_key())
+        assert public(x509.load_pem_x509_certificate(cert_pem.encode()).public_key()) == keys[host], host
+    assert len(set(keys.values())) == len(CONTROL_PLANES), "two control planes share an etcd client key"
+    # The upload of this deploy's joins, alive for 2 h: every control-plane secret but the etcd client's.
+    data = json.loads(kubectl(prepared, "-n", "kube-system", "get", "secret", "kubeadm-certs", "-o", "json").stdout)["data"]
+    assert not data.get("external-etcd.key") and not data.get("external-etcd.crt"), sorted(data)
+    assert data["ca.key"] and data["sa.key"] and data["external-etcd-ca.crt"], sorted(data)
+
+
 def test_a_rerun_with_nothing_changed_skips_every_step(prepared, deployed):
     proc = deploy(prepared)
     assert proc.returncode == 0
