@@ -58,22 +58,11 @@ unpacked:
   type: bool
 """
 
-import hashlib
 import os
 import tarfile
 import tempfile
 
-from ansible_collections.airgap.kubernetes.plugins.module_utils.ownership import ids
-
-CHUNK = 1 << 20
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from ansible_collections.airgap.kubernetes.plugins.module_utils.ownership import ids, sha256_file, write_beside
 
 
 def read_record(record: str) -> list[tuple[str, str]]:
@@ -103,7 +92,7 @@ def stale_reason(src: str, dest: str, record: str, mode: int, uid: int, gid: int
         st = os.stat(path)
         if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid, gid):
             return f"{name} has another mode or owner"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"{name} differs from the record"
     return None
 
@@ -128,21 +117,10 @@ def unpack(src: str, dest: str, members: list[str], strip: int, mode: int, uid: 
             missing.discard(info.name)
             path = os.path.join(dest, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            digest = hashlib.sha256()
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.")
-            try:
-                with os.fdopen(fd, "wb") as out, tar.extractfile(info) as data:
-                    for block in iter(lambda: data.read(CHUNK), b""):
-                        digest.update(block)
-                        out.write(block)
-                os.chown(tmp, uid, gid)
-                os.chmod(tmp, mode)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            with tar.extractfile(info) as data:
+                digest = write_beside(path, data, mode, uid, gid)
             written.append(name)
-            lines.append(f"{digest.hexdigest()}  {name}\n")
+            lines.append(f"{digest}  {name}\n")
     if missing:
         raise ValueError(f"{src} has no member {', '.join(sorted(missing))}: the catalog's unpack members do not "
                          "match this release's tarball; fix the component's unpack.members in the catalog")

@@ -39,7 +39,7 @@ ALLOWED_TASKS = {CLEANUP_TASK, ("roles/bootstrap_os/tasks/main.yml", "Check wher
 NOT_THE_BUNDLE_SERVER = {
     ("roles/control_plane/tasks/healthy.yml", "Wait for the local API server"): "this node's own API server",
 }
-MODULES = ("ansible.builtin.get_url", "ansible.builtin.uri", "get_url", "uri")
+MODULES = ("airgap.kubernetes.bundle_fetch", "ansible.builtin.get_url", "ansible.builtin.uri", "get_url", "uri")
 
 
 def _tasks(items):
@@ -94,8 +94,10 @@ def test_the_cleanup_only_removes_and_rebuilds_the_store_fresh():
 
 
 def _ca_named(module: str, task: dict) -> str:
-    """The CA file a get_url or uri task names: uri's ca_path; get_url has none (ansible-core 2.19), so OpenSSL's
-    default CA file, SSL_CERT_FILE in the task's environment."""
+    """The CA file a download task names: bundle_fetch's ca_file, uri's ca_path; get_url has none (ansible-core
+    2.19), so OpenSSL's default CA file, SSL_CERT_FILE in the task's environment."""
+    if module.endswith("bundle_fetch"):
+        return str(task[module].get("ca_file", ""))
     if module.endswith("uri"):
         return str(task[module].get("ca_path", ""))
     return str((task.get("environment") or {}).get("SSL_CERT_FILE", ""))
@@ -115,7 +117,7 @@ def test_every_download_from_the_bundle_server_names_the_bundle_ca():
             want = "bundle_server_pki_dir" if rel.startswith("roles/bundle_server/") else "{{ bootstrap_os_ca_file }}"
             if want not in named:
                 wrong.append(f"{rel}: {task.get('name')}: names {named!r} as its CA, want {want!r}")
-    assert seen >= 8, f"only {seen} get_url/uri tasks found: the scan misses some"
+    assert seen >= 6, f"only {seen} bundle_fetch/get_url/uri tasks found: the scan misses some"
     assert wrong == [], "\n".join(wrong)
 
 
@@ -193,7 +195,7 @@ def _run_task(tmp_path: Path, task: dict, variables: dict) -> subprocess.Complet
 
 def _run_etcd_download(tmp_path: Path, url: str, sha256: str, ca_file: Path) -> subprocess.CompletedProcess:
     task = _role_task("etcd/tasks/install.yml", "Download the etcd release and check its sha256")
-    task["ansible.builtin.get_url"].update(owner=str(os.geteuid()), group=str(os.getegid()))
+    task["airgap.kubernetes.bundle_fetch"]["files"][0].update(owner=str(os.geteuid()), group=str(os.getegid()))
     (tmp_path / "downloads").mkdir(exist_ok=True)
     # The timeout as group_vars sets it; no retry, so that a refused download fails at once.
     timeout = yaml.safe_load((REPO / "group_vars" / "all" / "bootstrap_os.yml").read_text())["bundle_download_timeout"]
