@@ -39,6 +39,11 @@ options:
       mode: {description: Its mode (octal string)., type: str, default: "0644"}
       owner: {description: Its owner., type: str, default: root}
       group: {description: Its group., type: str, default: root}
+      validate:
+        description: A command that checks the new content before it replaces the file, with C(%s) for the path of
+          the temporary file (as M(ansible.builtin.template)'s). When it fails the task fails, naming the file and
+          the command's output, and the file is left as it was. It runs only for a file whose content changed.
+        type: str
 notes:
   - Meant for configuration files of a few kilobytes: the content travels in the module's arguments.
   - Give secrets C(no_log) on the task.
@@ -74,6 +79,8 @@ changed_files:
 
 import errno
 import os
+import shlex
+import subprocess
 import tempfile
 
 from ansible_collections.airgap.kubernetes.plugins.module_utils.ownership import ids
@@ -83,13 +90,26 @@ def _attrs_differ(st: os.stat_result, mode: int, uid: int, gid: int) -> bool:
     return (st.st_mode & 0o7777) != mode or st.st_uid != uid or st.st_gid != gid
 
 
-def _write(dest: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+def check_with(validate: str, dest: str, path: str) -> None:
+    """Runs VALIDATE (a command with %s) on PATH, the new content of DEST; a ValueError carries its output."""
+    if "%s" not in validate:
+        raise ValueError(f"{dest}: validate {validate!r} has no %s for the file to check")
+    argv = [path if word == "%s" else word.replace("%s", path) for word in shlex.split(validate)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ValueError(f"{dest}: the new content fails `{validate}` (exit {proc.returncode}), so the file is left "
+                         f"as it was: {(proc.stderr or proc.stdout).strip()}")
+
+
+def _write(dest: str, data: bytes, mode: int, uid: int, gid: int, validate: str | None = None) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest) or ".", prefix=f".{os.path.basename(dest)}.")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if validate:
+            check_with(validate, dest, tmp)
         os.chown(tmp, uid, gid)
         os.chmod(tmp, mode)
         try:
@@ -142,7 +162,7 @@ def apply(directories: list[dict], files: list[dict], check: bool = False) -> tu
         if before != data:
             diff[dest] = ((before or b"").decode(errors="replace"), f["content"])
         if not check:
-            _write(dest, data, mode, uid, gid)
+            _write(dest, data, mode, uid, gid, f.get("validate") if before != data else None)
     return changed, diff
 
 
@@ -157,7 +177,8 @@ def main() -> None:
                             "options": {"path": {"type": "path", "required": True}, **entry}},
             "files": {"type": "list", "elements": "dict", "default": [],
                       "options": {"dest": {"type": "path", "required": True},
-                                  "content": {"type": "str", "required": True}, **entry}},
+                                  "content": {"type": "str", "required": True},
+                                  "validate": {"type": "str"}, **entry}},
         },
         supports_check_mode=True,
     )

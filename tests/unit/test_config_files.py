@@ -75,3 +75,17 @@ def test_a_missing_directory_and_an_unknown_owner_are_named(tmp_path):
 def test_no_temporary_file_is_left_behind(tmp_path):
     cf.apply([], [spec(tmp_path / "a", "x\n")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_a_new_content_that_fails_its_validate_command_leaves_the_file_as_it_was(tmp_path):
+    # The check is a real command on the temporary file: grep for the line a valid config must hold.
+    dest = tmp_path / "haproxy.cfg"
+    good = {**spec(dest, "global\n  daemon\n"), "validate": "grep -q ^global %s"}
+    assert cf.apply([], [good])[0] == [str(dest)]
+    bad = {**good, "content": "frontend broken\n"}
+    with pytest.raises(ValueError, match=r"haproxy.cfg: the new content fails `grep -q \^global %s` \(exit 1\)"):
+        cf.apply([], [bad])
+    assert dest.read_text() == "global\n  daemon\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["haproxy.cfg"]
+    # Unchanged content is not checked again.
+    assert cf.apply([], [{**good, "validate": "false %s"}]) == ([], {})
